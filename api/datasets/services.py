@@ -1,0 +1,168 @@
+import hashlib
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from api.accounts.quotas import storage_quota_check, user_lock
+from api.datasets.examples import TASKS, examples_iter
+from api.datasets.formats import Problem, format_detect
+from api.datasets.models import Dataset, DatasetStatus
+from api.uploads import PayloadTooLarge
+from storage import keys, s3
+from workers.base_models import base_model_get, tokenizer_load
+from workers.training.data import encode_all
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def _spool(upload: IO[bytes], directory: Path) -> tuple[Path, str, int]:
+    """Copy an upload to a local file, hashing as it goes; refuse it past DATASET_MAX_BYTES."""
+    digest, size = hashlib.sha256(), 0
+    path = directory / "upload"
+    with open(path, "wb") as out:
+        for chunk in iter(lambda: upload.read(1024 * 1024), b""):
+            size += len(chunk)
+            if size > settings.DATASET_MAX_BYTES:
+                raise PayloadTooLarge(f"file is larger than the limit of {settings.DATASET_MAX_BYTES} bytes", "file")
+            digest.update(chunk)
+            out.write(chunk)
+    if size == 0:
+        raise DatasetError("file is empty", "file")
+    return path, digest.hexdigest(), size
+
+
+def dataset_create(
+    *, user: AbstractBaseUser, upload: IO[bytes], filename: str, task: str, name: str = "", base_model: str = ""
+) -> Dataset:
+    """Store the file content-addressed in S3 and queue its validation."""
+    from workers.tasks import dataset_validate_task
+
+    if task not in TASKS:
+        raise DatasetError(f"unknown task {task!r}; use one of {list(TASKS)}", "task")
+    try:
+        fmt = format_detect(filename)
+    except ValueError as exc:
+        raise DatasetError(str(exc), "file") from None
+    base_model = base_model or settings.DEFAULT_BASE_MODEL
+    try:
+        base_model_get(base_model)
+    except LookupError as exc:
+        raise DatasetError(str(exc), "base_model") from None
+    with tempfile.TemporaryDirectory(prefix="foundry-upload-") as tmp:
+        path, sha256, size = _spool(upload, Path(tmp))
+        if not s3.exists(keys.dataset(sha256)):
+            s3.put_file(keys.dataset(sha256), path, sha256=sha256)
+    with transaction.atomic():
+        user_lock(user=user)
+        storage_quota_check(user=user, adding=size, param="file")
+        dataset = Dataset.objects.create(
+            owner=user, name=name or Path(filename).name, task=task, format=fmt, filename=Path(filename).name,
+            sha256=sha256, size_bytes=size, base_model=base_model,
+        )
+        transaction.on_commit(lambda: dataset_validate_task.delay(dataset.id))
+    return dataset
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int]:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+
+    def pick(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": pick(0.5), "p90": pick(0.9), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1]}
+
+
+def dataset_report_build(path: Path, fmt: str, task: str, base_model: str, *, filename: str = "") -> dict[str, Any]:
+    """Read the whole file once, in bounded memory: every problem with its line and field (the first
+    DATASET_MAX_REPORTED_ERRORS kept), and stats of the good rows (token lengths counted a chunk at a time)."""
+    limit = settings.DATASET_MAX_REPORTED_ERRORS
+    problems: list[Problem] = []
+    problem_count, bad_lines, rows = 0, set(), 0
+    labels: Counter[str] = Counter()
+    lengths: list[int] = []
+    chunk: list[Any] = []
+    tokenizer = tokenizer_load(base_model_get(base_model))
+
+    def measure() -> None:
+        lengths.extend(len(r["input_ids"]) for r in encode_all(tokenizer, task, chunk, max_length=1_000_000))
+        chunk.clear()
+
+    def report(problem: Problem) -> None:
+        nonlocal problem_count
+        problem_count += 1
+        bad_lines.add(problem.line)
+        if len(problems) < limit:
+            problems.append(problem)
+
+    for line, item in examples_iter(path, fmt, task, max_line_bytes=settings.DATASET_MAX_LINE_BYTES):
+        if isinstance(item, list):
+            for problem in item:
+                report(problem)
+            continue
+        rows += 1
+        if rows > settings.DATASET_MAX_ROWS:
+            report(Problem(line, None, f"more than {settings.DATASET_MAX_ROWS} rows (DATASET_MAX_ROWS)"))
+            break
+        if task == "classification":
+            labels[item.label] += 1
+        chunk.append(item)
+        if len(chunk) >= 1000:
+            measure()
+    measure()
+    stats: dict[str, Any] = {"rows": min(rows, settings.DATASET_MAX_ROWS), "invalid_rows": len(bad_lines - {None})}
+    if task == "classification":
+        stats["label_counts"] = dict(sorted(labels.items()))
+        if rows and len(labels) < 2:
+            report(Problem(None, "label", f"only one label ({next(iter(labels))!r}); need at least two"))
+    if not rows and not problem_count:
+        report(Problem(None, None, "the file has no rows"))
+    if lengths:
+        stats["token_lengths"] = {"tokenizer": base_model, **_percentiles(lengths)}
+    return {
+        "file": filename,
+        "errors": [p.as_dict() for p in problems],
+        "error_count": problem_count,
+        "errors_truncated": problem_count > len(problems),
+        "stats": stats,
+    }
+
+
+def dataset_validate(*, dataset_id: int) -> Dataset:
+    """Validate a stored dataset; `ready` or `invalid`, then release jobs that waited for it."""
+    from api.jobs.services import jobs_release_for_dataset
+
+    dataset = Dataset.objects.get(id=dataset_id)
+    if dataset.status != DatasetStatus.VALIDATING:
+        return dataset
+    with tempfile.TemporaryDirectory(prefix="foundry-validate-") as tmp:
+        path = Path(tmp) / "data"
+        s3.download_file(keys.dataset(dataset.sha256), path, sha256=dataset.sha256)
+        try:
+            report = dataset_report_build(path, dataset.format, dataset.task, dataset.base_model,
+                                          filename=dataset.filename)
+        except Exception as exc:  # a bug or a broken tokenizer: say so instead of validating forever
+            log.exception("validation of dataset %s crashed", dataset_id)
+            report = {"errors": [{"line": None, "field": None, "message": f"validation crashed: {exc}"}],
+                      "error_count": 1, "errors_truncated": False, "stats": {"rows": 0}, "system_error": True}
+    status = DatasetStatus.INVALID if report["error_count"] else DatasetStatus.READY
+    Dataset.objects.filter(id=dataset.id, status=DatasetStatus.VALIDATING).update(
+        status=status, rows=report["stats"]["rows"], report=report, validated_at=timezone.now()
+    )
+    dataset.refresh_from_db()
+    jobs_release_for_dataset(dataset=dataset)
+    return dataset

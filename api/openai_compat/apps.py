@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class OpenAICompatConfig(AppConfig):
+    name = "api.openai_compat"
+    label = "openai_compat"

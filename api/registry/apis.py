@@ -1,0 +1,259 @@
+from collections.abc import AsyncIterator, Iterator
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from api.pagination import paginated_response
+from api.registry.models import Adapter, AdapterAlias, AdapterVersion, AliasMove
+from api.registry.selectors import (
+    adapter_alias_list,
+    adapter_detail_get,
+    adapter_get,
+    adapter_list,
+    adapter_version_compare,
+    adapter_version_file_urls,
+    adapter_version_get,
+    adapter_version_list,
+    alias_move_list,
+)
+from api.registry.services import (
+    adapter_alias_drop,
+    adapter_alias_move,
+    adapter_predict,
+    adapter_upload_max_bytes,
+    adapter_version_archive,
+    adapter_version_tags_set,
+    adapter_version_upload,
+    adapter_version_zip_stream,
+)
+from api.schema import paginated
+from api.uploads import upload_size_check
+
+
+class AdapterVersionSerializer(serializers.ModelSerializer):
+    adapter = serializers.CharField(source="adapter.name")
+    tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    aliases = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    archived = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AdapterVersion
+        fields = ["adapter", "version", "job", "files", "metadata", "tags", "aliases", "archived", "archived_at",
+                  "created_at"]
+
+    def get_archived(self, version: AdapterVersion) -> bool:
+        return version.archived_at is not None
+
+
+class AdapterSerializer(serializers.ModelSerializer):
+    version_count = serializers.IntegerField(read_only=True)
+    latest_version = serializers.IntegerField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Adapter
+        fields = ["name", "version_count", "latest_version", "created_at"]
+
+
+class AdapterDetailSerializer(AdapterSerializer):
+    versions = AdapterVersionSerializer(many=True, read_only=True)
+
+    class Meta(AdapterSerializer.Meta):
+        fields = [*AdapterSerializer.Meta.fields, "versions"]
+
+
+class AdapterListApi(APIView):
+    @extend_schema(operation_id="adapters_list", responses=paginated(AdapterSerializer))
+    def get(self, request: Request) -> Response:
+        return paginated_response(queryset=adapter_list(user=request.user), serializer_class=AdapterSerializer,
+                                  request=request, view=self)
+
+
+class AdapterDetailApi(APIView):
+    @extend_schema(responses=AdapterDetailSerializer)
+    def get(self, request: Request, name: str) -> Response:
+        return Response(AdapterDetailSerializer(adapter_detail_get(user=request.user, name=name)).data)
+
+
+class AdapterVersionListCreateApi(APIView):
+    parser_classes = [MultiPartParser]
+
+    class FilterSerializer(serializers.Serializer):
+        tag = serializers.CharField(max_length=64, required=False)
+        archived = serializers.ChoiceField(choices=["false", "true", "all"], default="false",
+                                           help_text="false: active versions (default); true: archived only; all")
+
+    class UploadSerializer(serializers.Serializer):
+        files = serializers.ListField(child=serializers.FileField(), allow_empty=False,
+                                      help_text="adapter_config.json, adapter_model.safetensors, optional README.md")
+        base_model = serializers.CharField(max_length=100, help_text="a catalogue id (GET /base-models)")
+        labels = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=10000,
+                                       help_text="classification: label names in output order "
+                                                 "(default LABEL_0..n from the head's shape)")
+
+    @extend_schema(operation_id="adapter_versions_list", parameters=[FilterSerializer],
+                   responses=paginated(AdapterVersionSerializer))
+    def get(self, request: Request, name: str) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        archived = {"false": False, "true": True, "all": None}[filters.validated_data["archived"]]
+        versions = adapter_version_list(user=request.user, name=name,
+                                        filters={"tag": filters.validated_data.get("tag"), "archived": archived})
+        return paginated_response(queryset=versions, serializer_class=AdapterVersionSerializer, request=request,
+                                  view=self)
+
+    @extend_schema(request={"multipart/form-data": UploadSerializer}, responses={201: AdapterVersionSerializer})
+    def post(self, request: Request, name: str) -> Response:
+        upload_size_check(request, limit=adapter_upload_max_bytes(), param="files")
+        data = self.UploadSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = adapter_version_upload(user=request.user, name=name, base_model=data.validated_data["base_model"],
+                                         files=data.validated_data["files"],
+                                         labels=data.validated_data.get("labels"))
+        return Response(AdapterVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+class AdapterVersionDetailApi(APIView):
+    @extend_schema(responses=AdapterVersionSerializer)
+    def get(self, request: Request, name: str, ref: str) -> Response:
+        return Response(AdapterVersionSerializer(adapter_version_get(user=request.user, name=name, ref=ref)).data)
+
+
+async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Under ASGI, Django would drain a sync iterator into a list first; pull one chunk at a time instead."""
+    while (chunk := await sync_to_async(next, thread_sensitive=False)(chunks, None)) is not None:  # type: ignore[call-arg]
+        yield chunk
+
+
+class AdapterVersionDownloadApi(APIView):
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    def get(self, request: Request, name: str, ref: str) -> StreamingHttpResponse:
+        version = adapter_version_get(user=request.user, name=name, ref=ref)
+        chunks = adapter_version_zip_stream(version=version)
+        body = _async_chunks(chunks) if isinstance(request._request, ASGIRequest) else chunks
+        response = StreamingHttpResponse(body, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{name}-v{version.version}.zip"'
+        return response
+
+
+class AdapterVersionFilesApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        name = serializers.CharField()
+        size = serializers.IntegerField()
+        sha256 = serializers.CharField()
+        url = serializers.URLField()
+
+    @extend_schema(responses=inline_serializer("AdapterVersionFileUrls", {
+        "version": serializers.IntegerField(), "expires_in": serializers.IntegerField(),
+        "files": OutputSerializer(many=True)}))
+    def get(self, request: Request, name: str, ref: str) -> Response:
+        version = adapter_version_get(user=request.user, name=name, ref=ref)
+        seconds = settings.REGISTRY_PRESIGN_SECONDS
+        files = adapter_version_file_urls(version=version, seconds=seconds)
+        return Response({"version": version.version, "expires_in": seconds,
+                         "files": self.OutputSerializer(files, many=True).data})
+
+
+class AdapterVersionTagsApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        tags = serializers.ListField(child=serializers.CharField(max_length=200, allow_blank=True), max_length=1000)
+
+    @extend_schema(request=InputSerializer, responses=AdapterVersionSerializer)
+    def put(self, request: Request, name: str, ref: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = adapter_version_get(user=request.user, name=name, ref=ref)
+        adapter_version_tags_set(version=version, tags=data.validated_data["tags"])
+        return Response(AdapterVersionSerializer(adapter_version_get(user=request.user, name=name,
+                                                                     ref=str(version.version))).data)
+
+
+class AdapterVersionArchiveApi(APIView):
+    @extend_schema(request=None, responses=AdapterVersionSerializer)
+    def post(self, request: Request, name: str, ref: str) -> Response:
+        version = adapter_version_archive(version=adapter_version_get(user=request.user, name=name, ref=ref))
+        return Response(AdapterVersionSerializer(version).data)
+
+
+class AliasSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.version")
+
+    class Meta:
+        model = AdapterAlias
+        fields = ["name", "version", "updated_at"]
+
+
+class AliasMoveSerializer(serializers.ModelSerializer):
+    user = serializers.SlugRelatedField(read_only=True, slug_field="username")
+
+    class Meta:
+        model = AliasMove
+        fields = ["alias", "from_version", "to_version", "user", "created_at"]
+
+
+class AdapterAliasListApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        aliases = AliasSerializer(many=True)
+        history = AliasMoveSerializer(many=True, help_text="every move, creation (from_version null) and drop "
+                                                             "(to_version null), newest first")
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request: Request, name: str) -> Response:
+        return Response(self.OutputSerializer({"aliases": adapter_alias_list(user=request.user, name=name),
+                                               "history": alias_move_list(user=request.user, name=name)}).data)
+
+
+class AdapterAliasApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        version = serializers.IntegerField(min_value=1)
+
+    @extend_schema(request=InputSerializer, responses=AliasSerializer)
+    def put(self, request: Request, name: str, alias: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        moved = adapter_alias_move(user=request.user, adapter=adapter_get(user=request.user, name=name), alias=alias,
+                                   version=data.validated_data["version"])
+        return Response(AliasSerializer(moved).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, name: str, alias: str) -> Response:
+        adapter_alias_drop(user=request.user, adapter=adapter_get(user=request.user, name=name), alias=alias)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AdapterCompareApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        a = serializers.CharField(max_length=64, help_text="a version number, `latest` or an alias")
+        b = serializers.CharField(max_length=64, help_text="a version number, `latest` or an alias")
+
+    @extend_schema(parameters=[InputSerializer, OpenApiParameter("name", str, OpenApiParameter.PATH)],
+                   responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request, name: str) -> Response:
+        data = self.InputSerializer(data=request.query_params)
+        data.is_valid(raise_exception=True)
+        a = adapter_version_get(user=request.user, name=name, ref=data.validated_data["a"])
+        b = adapter_version_get(user=request.user, name=name, ref=data.validated_data["b"])
+        return Response(adapter_version_compare(a=a, b=b))
+
+
+class PredictApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        adapter = serializers.CharField(max_length=200, help_text="name@ref: a version number, latest or an alias")
+        inputs = serializers.ListField(child=serializers.CharField(max_length=20_000), min_length=1,
+                                       max_length=settings.PREDICT_MAX_INPUTS)
+
+    @extend_schema(request=InputSerializer, responses=inline_serializer(
+        "Prediction", {"adapter": serializers.CharField(), "version": serializers.IntegerField(),
+                       "outputs": serializers.ListField()}))
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(adapter_predict(user=request.user, **data.validated_data))

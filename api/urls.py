@@ -1,0 +1,66 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from api.apis import BaseModelListApi, HealthApi, MethodListApi
+from api.datasets.apis import DatasetDetailApi, DatasetListCreateApi
+from api.jobs.apis import (
+    JobCancelApi,
+    JobCheckpointsApi,
+    JobDetailApi,
+    JobEventsApi,
+    JobListCreateApi,
+    JobMetricsApi,
+)
+from api.registry.apis import (
+    AdapterAliasApi,
+    AdapterAliasListApi,
+    AdapterCompareApi,
+    AdapterDetailApi,
+    AdapterListApi,
+    AdapterVersionArchiveApi,
+    AdapterVersionDetailApi,
+    AdapterVersionDownloadApi,
+    AdapterVersionFilesApi,
+    AdapterVersionListCreateApi,
+    AdapterVersionTagsApi,
+    PredictApi,
+)
+
+v1 = [
+    path("health", HealthApi.as_view()),
+    path("base-models", BaseModelListApi.as_view()),
+    path("methods", MethodListApi.as_view()),
+    path("datasets", DatasetListCreateApi.as_view()),
+    path("datasets/<int:dataset_id>", DatasetDetailApi.as_view()),
+    path("jobs", JobListCreateApi.as_view()),
+    path("jobs/<int:job_id>", JobDetailApi.as_view()),
+    path("jobs/<int:job_id>/cancel", JobCancelApi.as_view()),
+    path("jobs/<int:job_id>/events", JobEventsApi.as_view()),
+    path("jobs/<int:job_id>/metrics", JobMetricsApi.as_view()),
+    path("jobs/<int:job_id>/checkpoints", JobCheckpointsApi.as_view()),
+    path("predict", PredictApi.as_view()),
+    path("adapters", AdapterListApi.as_view()),
+    path("adapters/<str:name>", AdapterDetailApi.as_view()),
+    path("adapters/<str:name>/versions/<str:ref>", AdapterVersionDetailApi.as_view()),
+    path("adapters/<str:name>/versions/<str:ref>/download", AdapterVersionDownloadApi.as_view()),
+    path("adapters/<str:name>/versions", AdapterVersionListCreateApi.as_view()),
+    path("adapters/<str:name>/versions/<str:ref>/files", AdapterVersionFilesApi.as_view()),
+    path("adapters/<str:name>/versions/<str:ref>/tags", AdapterVersionTagsApi.as_view()),
+    path("adapters/<str:name>/versions/<str:ref>/archive", AdapterVersionArchiveApi.as_view()),
+    path("adapters/<str:name>/aliases", AdapterAliasListApi.as_view()),
+    path("adapters/<str:name>/aliases/<str:alias>", AdapterAliasApi.as_view()),
+    path("adapters/<str:name>/compare", AdapterCompareApi.as_view()),
+]
+
+urlpatterns = [
+    path("api/v1/", include(v1)),
+    path("v1/", include("api.openai_compat.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("admin/", admin.site.urls),
+    path("", include("frontend.urls")),
+]
+
+handler404 = "api.errors.not_found"
+handler400 = "api.errors.bad_request"

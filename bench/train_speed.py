@@ -1,0 +1,214 @@
+"""Training speed and quality, side by side: the plain Trainer+peft script against the service's own path.
+
+usage (from the repo root):
+  .venv/bin/python bench/train_speed.py                      # classification: plain script vs service, 3 runs each
+  .venv/bin/python bench/train_speed.py --task sft           # sft on tiny-llama: plain padded fp32 vs service
+  .venv/bin/python bench/train_speed.py --mode quality       # LoRA on minilm-l6 to >= 0.88 SST-2 dev in <= 10 min
+
+Each run is its own process, plain and service alternate back to back, and the figures are medians.
+The service runs workers.training.engine.examples_train: what a job runs between downloading its
+datasets and publishing (encoding, the method's build, the Trainer on the fast path, evaluation).
+Writes bench/results/train_speed-<task>-<mode>.json.
+
+MFU counts model FLOPs on real (non-padding) tokens: 4 x (parameters in linear layers) per token
+(forward 2N; backward only the input gradients, 2N, because the base is frozen; the adapter's own
+weight gradients are negligible), plus attention (12 x layers x width x length^2 per sequence),
+divided by the train time and by the measured matmul peak (2 threads, 1024^3) in bf16 and in fp32.
+"""
+
+import argparse
+import csv
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN = REPO / ".." / "shared" / "bench" / "plain_trainer_peft.py"
+PLAIN_SFT = REPO / "bench" / "plain_trainer_peft_sft.py"
+DATA = REPO / ".." / "shared" / "data" / "sst2"
+RESULTS = REPO / "bench" / "results"
+LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["query", "key", "value", "dense"]}
+LORA_SFT = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def sst2(name: str) -> list[tuple[str, int]]:
+    with open(DATA / name, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    key = "content" if "content" in rows[0] else "sentence"
+    return [(r[key], int(r["label"])) for r in rows]
+
+
+def sst2_sample(rows: int, seed: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The plain script's sample: the same shuffle, the same first rows."""
+    train = sst2("train.tsv")
+    random.Random(seed).shuffle(train)
+    return train[:rows], sst2("dev.tsv")
+
+
+def sft_pair(text: str, label: int) -> tuple[str, str]:
+    return f"Review: {text}\nIs it positive or negative?", "positive" if label else "negative"
+
+
+# --- the service's side, in a child process ----------------------------------------------------------------
+
+
+def django_setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+
+
+def service_child(args: argparse.Namespace) -> dict[str, Any]:
+    django_setup()
+    import torch
+
+    from api.datasets.examples import Example
+    from workers.training import engine
+    from workers.training.hyperparameters import Hyperparameters
+
+    train, dev = sst2_sample(args.rows, args.seed)
+    if args.task == "sft":
+        def examples(rows: list[tuple[str, int]]) -> list[Example]:
+            return [Example(messages=(("user", p), ("assistant", c))) for p, c in (sft_pair(t, y) for t, y in rows)]
+        base, config = "tiny-llama", LORA_SFT
+    else:
+        def examples(rows: list[tuple[str, int]]) -> list[Example]:
+            return [Example(text=t, label=str(y)) for t, y in rows]
+        base, config = "minilm-l6", {**LORA, **json.loads(args.method_config or "{}")}
+    hp = Hyperparameters(**{"epochs": 1, "learning_rate": 1e-3, "batch_size": 32, "max_seq_length": 128,
+                            "seed": args.seed, **json.loads(args.hyperparameters or "{}")})
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as out:
+        fit = engine.examples_train(base_model=base, task=args.task, method_name="lora", method_config=config,
+                                    hp=hp, train=examples(train), evaluation=examples(dev), out=Path(out))
+    padded = sum(batch["input_ids"].numel() for batch in fit.trainer.get_train_dataloader())
+    linear = sum(m.weight.numel() for n, m in fit.trainer.model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and "lora_" not in n)
+    return {"train_s": round(fit.train_seconds, 2), "samples_per_s": round(fit.rows * hp.epochs / fit.train_seconds, 2),
+            "real_tokens_per_s": round(fit.real_tokens * hp.epochs / fit.train_seconds, 1),
+            **({"dev_accuracy": round(fit.eval_metrics["eval_accuracy"], 4)} if args.task == "classification" else {}),
+            "dev_loss": round(fit.eval_metrics["eval_loss"], 4), "rows": fit.rows, "epochs": hp.epochs,
+            "real_tokens": fit.real_tokens, "padding_fraction_last_epoch": round(1 - fit.real_tokens / padded, 3),
+            "bf16": engine.bf16_worthwhile("cpu"), "threads": torch.get_num_threads(), "linear_params": linear,
+            "hyperparameters": hp.model_dump(), "method_config": config}
+
+
+# --- the parent: runs, medians, ratios ---------------------------------------------------------------------
+
+
+def run(cmd: list[str]) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"{cmd} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", "--task", args.task, "--rows", str(args.rows),
+            "--seed", str(args.seed), *extra]
+
+
+def attention_flops(task: str, rows: int, seed: int, layers: int, width: int) -> float:
+    """12 x layers x width x sum(length^2) over the training rows (tokenised as the service does)."""
+    from workers.base_models import base_model_get, tokenizer_load
+
+    tokenizer = tokenizer_load(base_model_get("tiny-llama" if task == "sft" else "minilm-l6"))
+    train, _ = sst2_sample(rows, seed)
+    texts = [" ".join(sft_pair(t, y)) if task == "sft" else t for t, y in train]
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
+    return 12.0 * layers * width * sum(n * n for n in lengths)
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("train_s", "samples_per_s", "real_tokens_per_s", "dev_accuracy", "dev_loss")
+    return {k: statistics.median(r[k] for r in runs) for k in keys if all(k in r for r in runs)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", choices=("classification", "sft"), default="classification")
+    ap.add_argument("--mode", choices=("speed", "quality"), default="speed")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hyperparameters", help="JSON overriding the service's hyperparameters")
+    ap.add_argument("--method-config", help="JSON overriding the LoRA config (classification)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(service_child(args)))
+        return
+    import torch
+
+    django_setup()
+    from workers.training.engine import matmul_peak
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    peaks = {"bfloat16": matmul_peak("bfloat16"), "float32": matmul_peak("float32")}
+    if args.mode == "quality":
+        quality(args, peaks)
+        return
+    script = PLAIN if args.task == "classification" else PLAIN_SFT
+    plain_cmd = [sys.executable, str(script), "--data", str(DATA), "--rows", str(args.rows), "--seed", str(args.seed)]
+    plain_runs, service_runs = [], []
+    for i in range(args.runs):
+        plain_runs.append(run(plain_cmd))
+        print(f"run {i + 1} plain:   {plain_runs[-1]}", flush=True)
+        service_runs.append(run(child_cmd(args, [])))
+        print(f"run {i + 1} service: {service_runs[-1]}", flush=True)
+    plain, service = summary(plain_runs), summary(service_runs)
+    layers, width = (2, 32) if args.task == "sft" else (6, 384)
+    attention = attention_flops(args.task, args.rows, args.seed, layers, width)
+    linear, real_tokens = service_runs[0]["linear_params"], service_runs[0]["real_tokens"]
+    flops = 4.0 * linear * real_tokens + attention
+    for side in (plain, service):
+        side["achieved_gflops"] = round(flops / side["train_s"] / 1e9, 2)
+        side["mfu_vs_bf16_peak"] = round(flops / side["train_s"] / peaks["bfloat16"], 4)
+        side["mfu_vs_fp32_peak"] = round(flops / side["train_s"] / peaks["float32"], 4)
+    ratios = {"real_tokens_per_s": round(service["real_tokens_per_s"] / plain["real_tokens_per_s"], 2),
+              "samples_per_s": round(service["samples_per_s"] / plain["samples_per_s"], 2)}
+    report = {"task": args.task, "mode": "speed", "rows": args.rows, "runs": args.runs,
+              "plain_command": " ".join(Path(c).name if c.endswith(".py") else c for c in plain_cmd[1:]),
+              "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+              "model_flops": flops, "median": {"plain": plain, "service": service}, "ratio_service_over_plain": ratios,
+              "plain_runs": plain_runs, "service_runs": service_runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "load_average_at_end": os.getloadavg()}
+    print(json.dumps({"median": report["median"], "ratio": ratios}, indent=2))
+    write(report, f"train_speed-{args.task}-speed.json")
+
+
+def quality(args: argparse.Namespace, peaks: dict[str, float]) -> None:
+    extra = []
+    if args.hyperparameters:
+        extra += ["--hyperparameters", args.hyperparameters]
+    if args.method_config:
+        extra += ["--method-config", args.method_config]
+    runs = [run(child_cmd(args, extra)) for _ in range(args.runs)]
+    for r in runs:
+        print(r, flush=True)
+    report = {"task": args.task, "mode": "quality", "target": "dev accuracy >= 0.88 within 600 s of training",
+              "median": summary(runs), "runs": runs,
+              "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average_at_end": os.getloadavg()}
+    print(json.dumps(report["median"], indent=2))
+    write(report, f"train_speed-{args.task}-quality.json")
+
+
+def write(report: dict[str, Any], name: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()

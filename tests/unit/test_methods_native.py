@@ -1,0 +1,218 @@
+"""The methods written here (not peft-backed), on every task they support with the tiny models: each builds, learns
+a fixed batch, saves, loads back with its own load() and gives identical outputs; those that merge give the same
+outputs merged. Then one test of each method's maths."""
+
+from typing import Any
+
+import pytest
+import torch
+
+from tests.unit.test_methods_table import STEPS, _base, _batch, _loss, _outputs
+from workers.methods.registry import METHODS, Method, method_config_resolve, method_get
+
+NATIVE = sorted(name for name, method in METHODS.items() if not method.peft_backed)
+# the 32-wide test models and a 20-step run need bolder settings than the defaults, sized for real models
+TINY: dict[str, dict[str, Any]] = {
+    "adapter_houlsby": {"reduction_factor": 4},
+    "adapter_pfeiffer": {"reduction_factor": 4},
+    "adapter_parallel": {"reduction_factor": 4, "scaling": 1.0},
+    "lisa": {"n_layers": 1, "period": 5},
+    "mezo": {"lr": 1e-3},
+    "mixlora": {"num_experts": 4, "r": 4},
+}
+
+
+def _build(name: str, task: str, **extra: Any) -> tuple[Method, Any]:
+    method = method_get(name)
+    config = method_config_resolve(name, {**TINY.get(name, {}), **extra})
+    kwargs = {"total_step": STEPS} if method.needs_total_step else {}
+    return method, method.build(_base(task), config, task=task, **kwargs)
+
+
+def _train(method: Method, model: Any, batch: dict[str, torch.Tensor], steps: int = STEPS) -> None:
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(1, steps + 1):
+        if method.training_step:
+            method.training_step(model, batch, step=step)
+        else:
+            model(**batch).loss.backward()
+        optimizer.step()
+        if method.after_step:
+            method.after_step(model, step)
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize(("name", "task"), [(n, t) for n in NATIVE for t in METHODS[n].tasks])
+def test_native_method_learns_saves_and_loads_back(name: str, task: str, tmp_path: Any) -> None:
+    batch = _batch(task)
+    method, model = _build(name, task)
+    before = _loss(model, batch)
+    _train(method, model, batch)
+    after = _loss(model, batch)
+    assert after < before, f"{name} on {task}: loss {before:.4f} -> {after:.4f}"
+
+    method.save(model, str(tmp_path))
+    assert {p.name for p in tmp_path.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    expected = _outputs(model, batch)
+    assert method.load is not None and method.loading
+    loaded = method.load(_base(task), str(tmp_path))
+    assert torch.allclose(_outputs(loaded, batch), expected, atol=1e-5), "loaded adapter gives other outputs"
+    if method.mergeable:
+        merged = model.merge_and_unload()
+        assert torch.allclose(_outputs(merged, batch), expected, atol=1e-4), "merged differs from unmerged"
+
+
+def test_lt_sft_keeps_exactly_k_parameters_and_differences_compose_by_addition(tmp_path: Any) -> None:
+    from workers.methods.lt_sft.model import diff_add, diff_apply, diff_read, load
+
+    saved = []
+    for seed in (1, 2):
+        method, model = _build("lt_sft", "classification", density=0.001)
+        torch.manual_seed(seed)
+        with torch.no_grad():  # stand-ins for the two phases' optimizer steps, which may touch every entry
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            method.after_step(model, model.switch_step)  # selection: top k kept, all reset to theta_0
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            method.after_step(model, model.switch_step + 1)  # the sparse phase puts the others back
+        changed = sum(int((p != model.initial(i)).sum()) for i, p in enumerate(model.params()))
+        assert sum(int(model.mask(i).sum()) for i in range(len(model.names))) == model.k
+        assert changed == model.k
+        method.save(model, str(tmp_path / str(seed)))
+        sparse, _ = diff_read(str(tmp_path / str(seed)))
+        assert sum(len(indices) for indices, _ in sparse.values()) == model.k
+        saved.append(sparse)
+
+    both = load(_base("classification"), str(tmp_path / "1"), str(tmp_path / "2"))
+    one_by_one = _base("classification")
+    diff_apply(one_by_one, saved[0])
+    diff_apply(one_by_one, saved[1])
+    added = _base("classification")
+    diff_apply(added, diff_add(saved[0], saved[1]))
+    base = dict(_base("classification").named_parameters())
+    for name, p in both.named_parameters():
+        if name.startswith("classifier"):
+            continue
+        dense = base[name].detach().clone().view(-1)
+        for sparse in saved:
+            if name in sparse:
+                dense.index_add_(0, *sparse[name])
+        assert torch.equal(p.view(-1), dense), name
+        assert torch.equal(p, dict(one_by_one.named_parameters())[name]), name
+        assert torch.allclose(p, dict(added.named_parameters())[name]), name
+
+
+def test_mezo_never_calls_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.methods.mezo.model import _move
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("MeZO called backward")
+
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    monkeypatch.setattr(torch.autograd, "backward", refuse)
+    method, model = _build("mezo", "classification", lr=1e-1, seed=7)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.register_hook(refuse)
+    before = [p.detach().clone() for p in params]
+    assert method.training_step is not None
+    loss = method.training_step(model, _batch("classification"), step=3)
+    assert loss.grad_fn is None and all(p.grad is None for p in params)
+    # the update is -lr * g * z with z drawn again from seed + step: one scalar times z for every parameter
+    z = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        _move(z, 7 + 3, 1.0)  # type: ignore[arg-type]
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before, strict=True)])
+    direction = torch.cat([zi.flatten() for zi in z])
+    scale = delta @ direction / (direction @ direction)
+    assert scale != 0 and torch.linalg.norm(delta - scale * direction) < 1e-2 * torch.linalg.norm(delta)
+
+
+def test_dylora_at_rank_b_equals_the_truncated_product(tmp_path: Any) -> None:
+    from workers.methods.dylora.model import DyLoraLinear
+
+    method, model = _build("dylora", "classification", r=4, alpha=8)
+    batch = _batch("classification")
+    _train(method, model, batch, steps=5)
+    layer = next(m for m in model.modules() if isinstance(m, DyLoraLinear))
+    x = torch.randn(3, layer.linear.in_features)
+    method.save(model, str(tmp_path))
+    for b in (1, 2, 4):
+        model.rank_set(b)
+        a, bb = layer.lora_A[:b], layer.lora_B[:, :b]
+        expected = x @ (layer.linear.weight + (8 / b) * bb @ a).T + layer.linear.bias
+        assert torch.allclose(layer(x), expected, atol=1e-5)
+        assert method.load is not None
+        loaded = method.load(_base("classification"), str(tmp_path), rank=b)
+        assert torch.allclose(_outputs(loaded, batch), _outputs(model, batch), atol=1e-5)
+    model.rank_set(2)
+    unmerged = _outputs(model, batch)
+    assert torch.allclose(_outputs(model.merge_and_unload(), batch), unmerged, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_ssf_merged_equals_unmerged(bias: bool) -> None:
+    from workers.methods.ssf.model import SsfLinear
+
+    torch.manual_seed(0)
+    layer = SsfLinear(torch.nn.Linear(8, 5, bias=bias), init_std=0.5)
+    x = torch.randn(4, 8)
+    scaled = layer.ssf_scale * (x @ layer.linear.weight.T + (layer.linear.bias if bias else 0)) + layer.ssf_shift
+    assert torch.allclose(layer(x), scaled)
+    assert torch.allclose(layer.merged()(x), layer(x), atol=1e-6)
+
+
+def test_mixlora_routes_each_token_to_its_top_k_and_balances_by_the_formula() -> None:
+    from workers.methods.mixlora.model import MixLoraFfn
+
+    _, model = _build("mixlora", "sft", num_experts=4, top_k=2, r=2, aux_loss_coef=0.5)
+    layer = next(m for m in model.modules() if isinstance(m, MixLoraFfn))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for b in layer.lora_B.values():
+            b.normal_()
+    x = torch.randn(2, 5, 32)
+    out = layer(x)
+    flat = x.reshape(-1, 32)
+    probs = torch.softmax(flat @ layer.router.weight.T, -1).detach()
+    counts = torch.zeros(4)
+    for t in range(flat.shape[0]):
+        top = sorted(range(4), key=lambda e: -float(probs[t, e]))[:2]
+        counts[top] += 1
+        expected = sum(probs[t, e] / probs[t, top].sum() * layer.expert(flat[t : t + 1], e)[0] for e in top)
+        assert torch.allclose(out.reshape(-1, 32)[t], expected, atol=1e-5)
+    balance = 4 * sum(counts[e] / (flat.shape[0] * 2) * probs[:, e].mean() for e in range(4))
+    assert torch.allclose(layer.balance, balance, atol=1e-6)
+    model.train()
+    layers = [m for m in model.modules() if isinstance(m, MixLoraFfn)]
+    batch = _batch("sft")
+    task_loss = model.base(**batch).loss
+    assert torch.allclose(model(**batch).loss, task_loss + 0.5 * sum(m.balance for m in layers), atol=1e-6)
+
+
+def test_lisa_unfreezes_exactly_n_layers_per_period() -> None:
+    from workers.methods.native import blocks
+
+    method, model = _build("lisa", "sft", n_layers=1, period=2)
+    layers = blocks(model.base)
+    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    batch = _batch("sft")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # built before the first draw, as in the Trainer
+    model.train()
+    draws = []
+    for step in range(1, 9):
+        model(**batch).loss.backward()
+        trainable = [i for i, layer in enumerate(layers) if all(p.requires_grad for p in layer.parameters())]
+        frozen = [i for i, layer in enumerate(layers) if not any(p.requires_grad for p in layer.parameters())]
+        assert len(trainable) == 1 and len(frozen) == len(layers) - 1
+        assert all(p.grad is None for i in frozen for p in layers[i].parameters())
+        assert all(p.requires_grad for p in model.parameters() if id(p) not in in_layers)  # embeddings, norm, head
+        draws.append(trainable[0])
+        optimizer.step()
+        assert method.after_step is not None
+        method.after_step(model, step)
+        optimizer.zero_grad()
+    assert all(draws[i] == draws[i + 1] for i in range(0, 8, 2)), "a draw lasts one period"

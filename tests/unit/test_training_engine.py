@@ -1,0 +1,103 @@
+"""The training engine's fast path keeps its numerics: same seed, same losses; packing changes nothing but
+speed; the token cache returns what encoding returns; an out-of-memory error halves the micro-batch."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from api.datasets.examples import Example
+from workers.base_models import base_model_get, model_load, tokenizer_load
+from workers.training import engine, estimate
+from workers.training.data import encode_all
+from workers.training.hyperparameters import Hyperparameters
+
+WORDS = ["good", "bad", "fine film", "a dull and tedious story", "wonderful", "awful acting throughout the film"]
+TRAIN = [Example(text=f"{w} {i}", label=str(i % 2)) for i, w in enumerate(WORDS * 8)]
+SFT = [Example(messages=(("user", f"say {w}"), ("assistant", w))) for w in WORDS * 4]
+
+
+@pytest.fixture(autouse=True)
+def var_dir(settings: Any, tmp_path: Path) -> None:
+    settings.VAR_DIR = tmp_path
+
+
+def losses(fit: engine.Fit) -> list[float]:
+    return [h["loss"] for h in fit.trainer.state.log_history if "loss" in h]
+
+
+def test_same_seed_gives_the_same_loss_curve(tmp_path: Path) -> None:
+    hp = Hyperparameters(epochs=2, batch_size=8, learning_rate=5e-3, seed=3)
+    runs = [engine.examples_train(base_model="tiny-bert", task="classification", method_name="lora", method_config={},
+                                  hp=hp, train=TRAIN, evaluation=TRAIN[:8], out=tmp_path / str(i)) for i in range(2)]
+    first, second = losses(runs[0]), losses(runs[1])
+    assert len(first) == 12
+    assert first == pytest.approx(second, rel=1e-3, abs=1e-4)
+
+
+def test_packed_sft_batch_has_the_loss_of_the_padded_batch() -> None:
+    entry = base_model_get("tiny-llama")
+    tokenizer = tokenizer_load(entry)
+    model = model_load(entry, task="sft", vocab_size=len(tokenizer)).eval()
+    model.config.use_cache = False  # as trainer_fit sets it: a cache turns off the packed-sequence mask
+    rows = encode_all(tokenizer, "sft", SFT[:6], 64)
+    padded = engine.collator_build("sft", tokenizer, packed=False)(rows)
+    packed = engine.collator_build("sft", tokenizer, packed=True)(rows)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        assert float(model(**packed).loss) == pytest.approx(float(model(**padded).loss), rel=1e-4)
+        # without the row boundaries the packed loss would differ: rows would attend across each other
+        flat = {"input_ids": packed["input_ids"], "labels": packed["labels"]}
+        assert float(model(**flat).loss) != pytest.approx(float(model(**padded).loss), rel=1e-4)
+
+
+def test_token_cache_returns_what_encoding_returns(tmp_path: Path) -> None:
+    tokenizer = tokenizer_load(base_model_get("tiny-llama"))
+    for task, examples, label2id in (("sft", SFT, None), ("classification", TRAIN, {"0": 0, "1": 1})):
+        fresh = encode_all(tokenizer, task, examples, 32, label2id)
+        assert engine.rows_encode(tokenizer, task, examples, 32, label2id, sha256="ab" * 32) == fresh
+        cached = list((tmp_path / "cache" / "tokens").glob(f"*-{task}-32-*.safetensors"))
+        assert len(cached) == 1
+        assert engine.rows_encode(tokenizer, task, examples, 32, label2id, sha256="ab" * 32) == fresh
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path: Path, monkeypatch: Any) -> None:
+    from transformers import Trainer
+
+    real_step = Trainer.training_step
+    raised: list[int] = []
+
+    def step_once_out_of_memory(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not raised:
+            raised.append(self.args.per_device_train_batch_size)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", step_once_out_of_memory)
+    entry = base_model_get("tiny-bert")
+    tokenizer = tokenizer_load(entry)
+    rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
+    model = model_load(entry, task="classification", vocab_size=len(tokenizer), labels=["0", "1"])
+    from workers.methods.registry import method_get
+
+    lora = method_get("lora")
+    model = lora.build(model, lora.config().model_dump(), task="classification")
+    retries: list[engine.OomRetry] = []
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer, hp=Hyperparameters(batch_size=8),
+                                 train_rows=rows, eval_rows=[], out=tmp_path, device="cpu", on_oom=retries.append)
+    assert raised == [8]
+    assert [(r.micro_batch, r.accumulation) for r in retries] == [(4, 2)]
+    assert trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps == 8
+    assert trainer.state.global_step == 6  # 48 rows / effective batch 8
+
+
+def test_estimate_counts_tokens_steps_memory_and_time() -> None:
+    stats = {"rows": 1000, "token_lengths": {"p50": 10, "p90": 20, "p95": 30, "p99": 40, "max": 200}}
+    assert estimate.mean_length(stats["token_lengths"], 128) == pytest.approx(13.24, abs=0.01)
+    result = estimate.job_estimate(stats=stats, base_model="tiny-bert", task="classification", method="lora",
+                                   hyperparameters={"epochs": 2, "batch_size": 32}, device="cpu")
+    assert result["steps"] == 64
+    assert result["tokens"] == pytest.approx(2000 * 13.24, rel=0.01)
+    assert result["seconds"] > 0 and result["peak_memory_bytes"] > 0
+    assert list((Path(estimate.settings.VAR_DIR) / "cache" / "calibration").glob("tiny-bert-cpu-*.json"))

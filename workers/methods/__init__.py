@@ -1,0 +1,27 @@
+"""PEFT methods, one folder each; importing a folder registers it (see registry.py)."""
+
+from workers.methods import (  # noqa: F401
+    adalora,
+    boft,
+    bottleneck_adapter,
+    dylora,
+    fourierft,
+    hra,
+    ia3,
+    lisa,
+    loha,
+    lokr,
+    lora,
+    lt_sft,
+    mezo,
+    miss,
+    mixlora,
+    oft,
+    p_tuning,
+    poly,
+    prefix_tuning,
+    prompt_tuning,
+    randlora,
+    ssf,
+    vera,
+)

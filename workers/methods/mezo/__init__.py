@@ -1,0 +1,36 @@
+"""MeZO: Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023 (arXiv:2305.17333).
+
+Zeroth-order SGD (SPSA) with the memory of inference: each step draws z ~ N(0, I) over the trainable parameters
+from a per-step seed, and with two forward passes estimates the directional derivative
+
+    g = (L(theta + eps z) - L(theta - eps z)) / (2 eps),      theta <- theta - lr * g * z.
+
+z is never stored: it is regenerated from the seed for each of the three in-place moves (+eps, -2 eps, back +eps)
+and for the update. backward() is never called. The forwards run in eval mode (no dropout) as in the paper's code.
+All parameters train (full-parameter MeZO); the method brings its own training step and learning rate. Written
+here: no maintained library has it."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.methods.registry import Method, lazy, method_register
+
+MODEL = "workers.methods.mezo.model"
+LOADING = ("Not a peft folder: full weights. adapter_model.safetensors holds every parameter of the fine-tuned model "
+           "under the base model's own names; adapter_config.json holds the method config. Load with "
+           "workers.methods.mezo.model.load(base_model, directory), or base_model.load_state_dict(tensors, "
+           "strict=False).")
+
+
+class MezoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="MeZO (zeroth-order, forward passes only)")
+
+    lr: float = Field(1e-6, gt=0.0, le=1.0, description="MeZO's own learning rate (the job's learning_rate is not "
+                      "used); the paper uses 1e-7 to 1e-6 on large models.")
+    eps: float = Field(1e-3, gt=0.0, le=1.0, description="Size of the perturbation theta +/- eps z.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the perturbations (step s uses seed + s).")
+
+
+method_register(Method(name="mezo", title="MeZO (zeroth-order)", paper="arXiv:2305.17333", config=MezoConfig,
+                       build=lazy(f"{MODEL}:build"), training_step=lazy(f"{MODEL}:training_step"),
+                       save=lazy(f"{MODEL}:save"), load=lazy(f"{MODEL}:load"), mergeable=False,
+                       peft_backed=False, loading=LOADING))

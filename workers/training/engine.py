@@ -1,0 +1,380 @@
+"""The training engine a job runs, without the job plumbing: encoding (cached), batching, precision,
+threads, the Trainer, and the out-of-memory retry. The runner and bench/train_speed.py both call it.
+
+The fast path, for every task and method:
+- batches of similar lengths (Trainer's length-grouped sampler), so little of each batch is padding;
+- sft rows packed into one padding-free sequence per batch (DataCollatorWithFlattening: position_ids
+  restart at every row and the model's mask keeps attention inside each row);
+- bf16 autocast where the hardware multiplies bf16 faster than fp32 (measured, not assumed); the
+  weights, and so the trainable parameters and their optimizer state, stay fp32;
+- token ids cached per dataset sha256, tokenizer and max length, as safetensors.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from api.datasets.examples import Example
+from workers.base_models import BaseModelEntry, base_model_get, model_load, tokenizer_load
+from workers.training.data import encode_all, labels_order
+from workers.training.hyperparameters import Hyperparameters
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "1"
+OOM_MICRO_BATCH_FLOOR = 1
+
+
+class Rows:
+    """A list of encoded rows as a torch-style map dataset."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+# --- hardware -------------------------------------------------------------------------------------------
+
+
+def device_pick() -> str:
+    import torch
+
+    if settings.TRAIN_DEVICE == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(settings.TRAIN_DEVICE)
+
+
+def threads_configure() -> int:
+    """TRAIN_THREADS when set, else one thread per core this process may use (torch's own default
+    counts logical CPUs of the whole host in some containers)."""
+    import torch
+
+    threads = settings.TRAIN_THREADS or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Trainer's dataloader forks nothing; keep quiet
+    return threads
+
+
+@functools.cache
+def matmul_peak(dtype_name: str, size: int = 1024, repeats: int = 12) -> float:
+    """Measured FLOP/s of a square matmul in `dtype_name` ("float32" or "bfloat16") on the CPU, best of 3."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 * repeats / best
+
+
+@functools.cache
+def bf16_worthwhile(device: str) -> bool:
+    """bf16 autocast only where it is supported and, on CPU, measurably faster than fp32: CPUs without
+    AVX512-BF16/AMX emulate it, and then it is slower."""
+    import torch
+
+    if device == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    ratio = matmul_peak("bfloat16", 512, 8) / matmul_peak("float32", 512, 8)
+    log.info("CPU bf16 matmul is %.2fx fp32", ratio)
+    return ratio >= 1.3
+
+
+# --- encoding, cached -----------------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    special = json.dumps({"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id,
+                          "sep": tokenizer.sep_token_id, "pad": tokenizer.pad_token_id})
+    return hashlib.sha256((spec + special).encode()).hexdigest()[:16]
+
+
+def _cache_path(sha256: str, tokenizer: Any, task: str, max_length: int, label2id: dict[str, int] | None) -> Path:
+    labels = hashlib.sha256(json.dumps(label2id, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{sha256}-{tokenizer_fingerprint(tokenizer)}-{task}-{max_length}-{labels}.safetensors"
+    return Path(settings.VAR_DIR) / "cache" / "tokens" / name
+
+
+def _rows_save(path: Path, rows: list[dict[str, Any]], task: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    lengths = torch.tensor([len(r["input_ids"]) for r in rows], dtype=torch.int64)
+    tensors = {"lengths": lengths,
+               "input_ids": torch.tensor([t for r in rows for t in r["input_ids"]], dtype=torch.int64)}
+    if task == "sft":
+        tensors["labels"] = torch.tensor([t for r in rows for t in r["labels"]], dtype=torch.int64)
+    elif rows and "labels" in rows[0]:
+        tensors["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    save_file(tensors, str(partial), metadata={"format": CACHE_FORMAT, "task": task})
+    os.replace(partial, path)  # readers see a whole file or none
+
+
+def _rows_load(path: Path) -> list[dict[str, Any]] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if (fh.metadata() or {}).get("format") != CACHE_FORMAT:
+                return None
+            task = fh.metadata()["task"]
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (OSError, ValueError, KeyError):
+        log.warning("token cache %s unreadable; encoding again", path)
+        return None
+    lengths = tensors["lengths"].tolist()
+    ids = tensors["input_ids"].split(lengths)
+    labels = tensors.get("labels")
+    rows: list[dict[str, Any]] = []
+    for i, row_ids in enumerate(ids):
+        row: dict[str, Any] = {"input_ids": row_ids.tolist(), "attention_mask": [1] * lengths[i]}
+        if labels is not None:
+            row["labels"] = labels.split(lengths)[i].tolist() if task == "sft" else int(labels[i])
+        rows.append(row)
+    return rows
+
+
+def rows_encode(tokenizer: Any, task: str, examples: Sequence[Example], max_length: int,
+                label2id: dict[str, int] | None = None, *, sha256: str | None = None) -> list[dict[str, Any]]:
+    """Token ids of the examples; cached under VAR_DIR/cache/tokens when the dataset's sha256 is given.
+
+    Args:
+        sha256: the content hash of the dataset file the examples came from; None encodes without a cache.
+    """
+    if sha256 is None or not examples:
+        return encode_all(tokenizer, task, examples, max_length, label2id)
+    path = _cache_path(sha256, tokenizer, task, max_length, label2id)
+    if path.exists():
+        rows = _rows_load(path)
+        if rows is not None and len(rows) == len(examples):
+            return rows
+    rows = encode_all(tokenizer, task, examples, max_length, label2id)
+    try:
+        _rows_save(path, rows, task)
+    except OSError:
+        log.warning("could not write the token cache %s", path, exc_info=True)
+    return rows
+
+
+# --- batching and the Trainer ---------------------------------------------------------------------------
+
+
+def collator_build(task: str, tokenizer: Any, *, packed: bool) -> Any:
+    """Classification: dynamic padding. sft: packed rows (no padding at all), or padded for calibration."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
+
+    if task == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    if packed:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+
+def training_args(hp: Hyperparameters, out: Path, *, packed: bool, bf16: bool, evaluate: bool, device: str,
+                  micro_batch: int, accumulation: int) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=hp.epochs,
+        learning_rate=hp.learning_rate,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=accumulation,
+        per_device_eval_batch_size=max(micro_batch, 64),
+        warmup_steps=hp.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+        weight_decay=hp.weight_decay,
+        seed=hp.seed,
+        logging_steps=1,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="no",  # checkpoints are the callback's decision (steps, minutes, shutdown)
+        save_total_limit=1,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
+        bf16=bf16,
+        # packed sft batches have no padding whatever the lengths; a random order is then the better optimiser
+        train_sampling_strategy="random" if packed else "group_by_length",
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
+def model_build(entry: BaseModelEntry, method: Any, method_config: dict[str, Any], *, task: str, tokenizer: Any,
+                labels: list[str], train_rows: list[dict[str, Any]], hp: Hyperparameters) -> Any:
+    """The base with its head, calibrated if the method needs it (EVA, CorDA, LoRA-GA), then wrapped."""
+    base = model_load(entry, task=task, vocab_size=len(tokenizer), labels=labels or None)
+    if method.prepare:
+        collator, size = collator_build(task, tokenizer, packed=False), hp.batch_size
+        batches = [dict(collator(train_rows[i : i + size])) for i in range(0, min(len(train_rows), 8 * size), size)]
+        method.prepare(base, method_config, batches=batches, task=task)
+    extra: dict[str, Any] = {}
+    if method.needs_total_step:  # the optimizer steps the Trainer will take
+        extra["total_step"] = math.ceil(hp.epochs * math.ceil(len(train_rows) / hp.batch_size))
+    return method.build(base, method_config, task=task, **extra)
+
+
+def packing_possible(model: Any, task: str) -> bool:
+    """Packing needs a decoder whose mask follows position_ids (transformers' masking_utils does, when
+    there is no cache and no attention mask); prompt-learning methods prepend virtual tokens or a
+    cache, and would let the rows attend across each other."""
+    if task != "sft":
+        return False
+    peft_config = getattr(model, "active_peft_config", None)
+    return not getattr(peft_config, "is_prompt_learning", False)
+
+
+def autocast_safe(model: Any) -> bool:
+    """peft's modules cast their inputs to their own weights' dtype, so they run under bf16 autocast; the
+    methods written here (workers/methods/native.py) mix dtypes in in-place ops (index_add_), so stay fp32."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def accuracy(prediction: Any) -> dict[str, float]:
+    import numpy as np
+
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return {"accuracy": float((np.argmax(logits, -1) == prediction.label_ids).mean())}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass(frozen=True)
+class OomRetry:
+    micro_batch: int
+    accumulation: int
+    error: str
+
+
+def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, train_rows: list[dict[str, Any]],
+                eval_rows: list[dict[str, Any]], out: Path, device: str, callbacks: Sequence[Any] = (),
+                resume: str | None = None, on_oom: Callable[[OomRetry], None] | None = None,
+                training_step: Callable[..., Any] | None = None) -> Any:
+    """Train `model` on the rows and return the Trainer (its state holds the logs).
+
+    `training_step` replaces the Trainer's (forward, backward) step for methods that update the
+    weights themselves (MeZO: two forward passes, no backward).
+
+    On an out-of-memory error the micro-batch halves and gradient accumulation doubles (the effective
+    batch stays hp.batch_size) down to OOM_MICRO_BATCH_FLOOR; the trainable weights go back to where
+    this attempt started, and training starts again from `resume` (the last checkpoint, or step 0).
+    `on_oom` hears of every retry.
+    """
+    import torch
+    from transformers import PrinterCallback, Trainer
+
+    threads_configure()
+    packed = packing_possible(model, task)
+    bf16 = bf16_worthwhile(device) and autocast_safe(model)
+    if packed:
+        model.config.use_cache = False  # a cache turns off the packed-sequence mask
+    start_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    micro_batch, accumulation = hp.batch_size, 1
+    trainer_class = _own_step_trainer(training_step) if training_step else Trainer
+    while True:
+        trainer = trainer_class(
+            model=model,
+            args=training_args(hp, out, packed=packed, bf16=bf16, evaluate=bool(eval_rows), device=device,
+                               micro_batch=micro_batch, accumulation=accumulation),
+            train_dataset=Rows(train_rows),
+            eval_dataset=Rows(eval_rows) if eval_rows else None,
+            data_collator=collator_build(task, tokenizer, packed=packed),
+            compute_metrics=accuracy if task == "classification" else None,
+            callbacks=list(callbacks),
+        )
+        trainer.remove_callback(PrinterCallback)  # callbacks record the logs; no per-step prints
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+            return trainer
+        except Exception as exc:
+            if not _is_oom(exc) or micro_batch % 2 or micro_batch // 2 < OOM_MICRO_BATCH_FLOOR:
+                raise
+            micro_batch, accumulation = micro_batch // 2, accumulation * 2
+            del trainer
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for name, value in start_state.items():
+                    params[name].copy_(value)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("out of memory; retrying with micro-batch %s x %s", micro_batch, accumulation)
+            if on_oom:
+                on_oom(OomRetry(micro_batch, accumulation, f"{type(exc).__name__}: {exc}"[:300]))
+
+
+def _own_step_trainer(step: Callable[..., Any]) -> Any:
+    from transformers import Trainer
+
+    class OwnStepTrainer(Trainer):
+        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+            inputs = self._prepare_inputs(inputs)
+            return step(model, inputs, step=self.state.global_step + 1) / self.args.gradient_accumulation_steps
+
+    return OwnStepTrainer
+
+
+@dataclass
+class Fit:
+    trainer: Any
+    train_seconds: float
+    real_tokens: int
+    rows: int
+    eval_metrics: dict[str, float]
+
+
+def examples_train(*, base_model: str, task: str, method_name: str, method_config: dict[str, Any],
+                   hp: Hyperparameters, train: Sequence[Example], evaluation: Sequence[Example], out: Path) -> Fit:
+    """What a job does between downloading its datasets and publishing, on examples in memory: encode, build
+    the method's model, train (timed: trainer_fit alone), evaluate. For benchmarks and tests."""
+    from workers.methods.registry import config_resolve, method_get
+
+    entry, method = base_model_get(base_model), method_get(method_name)
+    config = config_resolve(method.config, method_config, param="method_config")
+    labels = labels_order({e.label for e in train}) if task == "classification" else []
+    label2id = {name: i for i, name in enumerate(labels)} if labels else None
+    tokenizer = tokenizer_load(entry)
+    train_rows = rows_encode(tokenizer, task, train, hp.max_seq_length, label2id)
+    eval_rows = rows_encode(tokenizer, task, evaluation, hp.max_seq_length, label2id)
+    threads_configure()
+    model = model_build(entry, method, config, task=task, tokenizer=tokenizer, labels=labels,
+                        train_rows=train_rows, hp=hp)
+    started = time.perf_counter()
+    trainer = trainer_fit(model, task=task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=[],
+                          out=out, device=device_pick())
+    seconds = time.perf_counter() - started
+    metrics = trainer.evaluate(Rows(eval_rows)) if eval_rows else {}
+    return Fit(trainer, seconds, sum(len(r["input_ids"]) for r in train_rows), len(train_rows), metrics)

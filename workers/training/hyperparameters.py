@@ -1,0 +1,13 @@
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(1.0, gt=0, le=100, description="Passes over the training data.")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    batch_size: int = Field(16, ge=1, le=1024)
+    max_seq_length: int = Field(128, ge=8, le=8192, description="Longer examples are truncated.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    warmup_ratio: float = Field(0.0, ge=0, le=0.5)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
