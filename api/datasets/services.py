@@ -87,6 +87,17 @@ def _percentiles(lengths: list[int]) -> dict[str, int]:
     return {"p50": pick(0.5), "p90": pick(0.9), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1]}
 
 
+def _histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
+    """Counts of rows per token-length bin: `edges` has one more entry than `counts`; bin i holds lengths
+    in [edges[i], edges[i+1]) and the last bin also holds the maximum."""
+    low, high = min(lengths), max(lengths)
+    width = max(1, -(-(high - low + 1) // bins))  # ceil: whole tokens per bin
+    counts = [0] * min(bins, -(-(high - low + 1) // width))
+    for n in lengths:
+        counts[min((n - low) // width, len(counts) - 1)] += 1
+    return {"edges": [low + i * width for i in range(len(counts))] + [high + 1], "counts": counts}
+
+
 def dataset_report_build(path: Path, fmt: str, task: str, base_model: str, *, filename: str = "") -> dict[str, Any]:
     """Read the whole file once, in bounded memory: every problem with its line and field (the first
     DATASET_MAX_REPORTED_ERRORS kept), and stats of the good rows (token lengths counted a chunk at a time)."""
@@ -95,6 +106,7 @@ def dataset_report_build(path: Path, fmt: str, task: str, base_model: str, *, fi
     problem_count, bad_lines, rows = 0, set(), 0
     labels: Counter[str] = Counter()
     lengths: list[int] = []
+    words: list[int] = []  # token-classification: words per row, before sub-word tokenisation
     chunk: list[Any] = []
     tokenizer = tokenizer_load(base_model_get(base_model))
 
@@ -120,19 +132,26 @@ def dataset_report_build(path: Path, fmt: str, task: str, base_model: str, *, fi
             break
         if task == "classification":
             labels[item.label] += 1
+        elif task == "token-classification":
+            labels.update(item.tags)
+            words.append(len(item.tokens))
         chunk.append(item)
         if len(chunk) >= 1000:
             measure()
     measure()
     stats: dict[str, Any] = {"rows": min(rows, settings.DATASET_MAX_ROWS), "invalid_rows": len(bad_lines - {None})}
-    if task == "classification":
+    if task in ("classification", "token-classification"):
         stats["label_counts"] = dict(sorted(labels.items()))
         if rows and len(labels) < 2:
-            report(Problem(None, "label", f"only one label ({next(iter(labels))!r}); need at least two"))
+            field = "label" if task == "classification" else "labels"
+            report(Problem(None, field, f"only one label ({next(iter(labels))!r}); need at least two"))
     if not rows and not problem_count:
         report(Problem(None, None, "the file has no rows"))
+    if words:
+        stats["words_per_row"] = _percentiles(words)
     if lengths:
         stats["token_lengths"] = {"tokenizer": base_model, **_percentiles(lengths)}
+        stats["token_length_histogram"] = _histogram(lengths)
     return {
         "file": filename,
         "errors": [p.as_dict() for p in problems],
