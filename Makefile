@@ -44,3 +44,10 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 	  || echo "install Debian's chromium (apt-get install chromium) for tests/e2e"
 test: browser
+
+# --- Debian's docker-compose: tests/deploy runs `docker-compose config` (it needs no Docker engine) ---
+.PHONY: compose
+compose:
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose) \
+	  || echo "install Debian's docker-compose (apt-get install docker-compose) for tests/deploy"
+test: compose
