@@ -18,6 +18,8 @@ from api.registry.apis import (
     AdapterCompareApi,
     AdapterDetailApi,
     AdapterListApi,
+    AdapterMergeDetailApi,
+    AdapterMergeListCreateApi,
     AdapterVersionArchiveApi,
     AdapterVersionDetailApi,
     AdapterVersionDownloadApi,
@@ -51,6 +53,8 @@ v1 = [
     path("adapters/<str:name>/aliases", AdapterAliasListApi.as_view()),
     path("adapters/<str:name>/aliases/<str:alias>", AdapterAliasApi.as_view()),
     path("adapters/<str:name>/compare", AdapterCompareApi.as_view()),
+    path("adapters/<str:name>/merges", AdapterMergeListCreateApi.as_view()),
+    path("adapters/<str:name>/merges/<int:merge_id>", AdapterMergeDetailApi.as_view()),
 ]
 
 urlpatterns = [

@@ -48,3 +48,11 @@ def jobs_reap_task() -> None:
             log.warning("reaper: %s", counts)
     finally:
         lock.release()
+
+
+@shared_task(name="workers.tasks.adapter_merge_task")
+def adapter_merge_task(merge_id: int) -> None:
+    """On the default (light) queue: a merge loads the sources into one base model, no training."""
+    from workers.merge import adapter_merge_run
+
+    adapter_merge_run(merge_id=merge_id)

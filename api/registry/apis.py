@@ -13,12 +13,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.pagination import paginated_response
-from api.registry.models import Adapter, AdapterAlias, AdapterVersion, AliasMove
+from api.registry.models import Adapter, AdapterAlias, AdapterMerge, AdapterVersion, AliasMove
 from api.registry.selectors import (
     adapter_alias_list,
     adapter_detail_get,
     adapter_get,
     adapter_list,
+    adapter_merge_get,
+    adapter_merge_list,
     adapter_version_compare,
     adapter_version_file_urls,
     adapter_version_get,
@@ -26,8 +28,11 @@ from api.registry.selectors import (
     alias_move_list,
 )
 from api.registry.services import (
+    LORA_COMBINATIONS,
+    MERGE_MAX_SOURCES,
     adapter_alias_drop,
     adapter_alias_move,
+    adapter_merge_create,
     adapter_predict,
     adapter_upload_max_bytes,
     adapter_version_archive,
@@ -257,3 +262,53 @@ class PredictApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(adapter_predict(user=request.user, **data.validated_data))
+
+
+class AdapterMergeSerializer(serializers.ModelSerializer):
+    adapter = serializers.CharField(source="adapter_name")
+    version = serializers.IntegerField(source="result.version", allow_null=True, default=None,
+                                       help_text="the new version, once the merge succeeded")
+
+    class Meta:
+        model = AdapterMerge
+        fields = ["id", "adapter", "status", "method", "combination_type", "params", "sources", "version", "error",
+                  "created_at", "started_at", "finished_at"]
+
+
+class MergeSourceSerializer(serializers.Serializer):
+    version = serializers.CharField(max_length=200, help_text="name@ref: a version number, latest or an alias")
+    weight = serializers.FloatField(default=1.0)
+
+
+class AdapterMergeListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        sources = MergeSourceSerializer(many=True, min_length=2, max_length=MERGE_MAX_SOURCES)
+        combination_type = serializers.ChoiceField(choices=[*LORA_COMBINATIONS, "sum"], help_text=(
+            "LoRA versions: peft's add_weighted_adapter types; LT-SFT versions: sum"))
+        density = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True,
+                                         help_text="the fraction kept by ties / dare / magnitude_prune")
+        svd_rank = serializers.IntegerField(min_value=1, max_value=256, required=False, allow_null=True)
+        seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0,
+                                        help_text="seeds DARE's random pruning")
+
+    @extend_schema(operation_id="adapter_merges_list", responses=paginated(AdapterMergeSerializer))
+    def get(self, request: Request, name: str) -> Response:
+        return paginated_response(queryset=adapter_merge_list(user=request.user, name=name),
+                                  serializer_class=AdapterMergeSerializer, request=request, view=self)
+
+    @extend_schema(request=InputSerializer, responses={202: AdapterMergeSerializer})
+    def post(self, request: Request, name: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        merge = adapter_merge_create(user=request.user, adapter_name=name, sources=data.validated_data["sources"],
+                                     combination_type=data.validated_data["combination_type"],
+                                     density=data.validated_data.get("density"),
+                                     svd_rank=data.validated_data.get("svd_rank"), seed=data.validated_data["seed"])
+        return Response(AdapterMergeSerializer(merge).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AdapterMergeDetailApi(APIView):
+    @extend_schema(responses=AdapterMergeSerializer)
+    def get(self, request: Request, name: str, merge_id: int) -> Response:
+        return Response(AdapterMergeSerializer(adapter_merge_get(user=request.user, name=name,
+                                                                 merge_id=merge_id)).data)

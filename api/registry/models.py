@@ -65,3 +65,32 @@ class AliasMove(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+
+class MergeStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+
+class AdapterMerge(models.Model):
+    """A request to merge versions into a new version of `adapter_name`, run by a worker (queued -> running ->
+    succeeded | failed). One merge publishes at most one version (`result`, one-to-one)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="adapter_merges")
+    adapter_name = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=MergeStatus.choices, default=MergeStatus.QUEUED)
+    method = models.CharField(max_length=32)  # of the sources: lora or lt_sft
+    combination_type = models.CharField(max_length=32)
+    params = models.JSONField(default=dict)  # density, svd_rank, seed
+    sources = models.JSONField(default=list)  # [{"version_id", "adapter", "version", "weight"}]
+    result = models.OneToOneField(AdapterVersion, on_delete=models.SET_NULL, null=True, related_name="merge")
+    error = models.JSONField(null=True, blank=True)  # {"code", "message"}
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]

@@ -5,7 +5,7 @@ from django.db.models import Count, Max, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
-from api.registry.models import Adapter, AdapterAlias, AdapterVersion, AliasMove
+from api.registry.models import Adapter, AdapterAlias, AdapterMerge, AdapterVersion, AliasMove
 from storage import s3
 
 ACTIVE = Q(archived_at__isnull=True)
@@ -116,3 +116,12 @@ def adapter_version_compare(*, a: AdapterVersion, b: AdapterVersion) -> dict[str
             row["delta"] = value_b - value_a  # type: ignore[operator]
         sections[section].append(row)
     return {"a": a.version, "b": b.version, "identical": not any(sections.values()), "differences": sections}
+
+
+def adapter_merge_list(*, user: AbstractBaseUser, name: str) -> QuerySet[AdapterMerge]:
+    """The user's merges into adapter `name` (which exists only once a merge succeeded), newest first."""
+    return AdapterMerge.objects.filter(owner=user, adapter_name=name).select_related("result").order_by("-id")
+
+
+def adapter_merge_get(*, user: AbstractBaseUser, name: str, merge_id: int) -> AdapterMerge:
+    return get_object_or_404(adapter_merge_list(user=user, name=name), id=merge_id)

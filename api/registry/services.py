@@ -21,7 +21,7 @@ from api.accounts.quotas import storage_quota_check, user_lock
 from api.jobs.models import Job
 from api.jobs.services import ADAPTER_NAME
 from api.registry import checks
-from api.registry.models import Adapter, AdapterAlias, AdapterVersion, AdapterVersionTag, AliasMove
+from api.registry.models import Adapter, AdapterAlias, AdapterMerge, AdapterVersion, AdapterVersionTag, AliasMove
 from api.uploads import PayloadTooLarge
 from storage import keys, s3
 
@@ -307,6 +307,11 @@ def adapter_model_card(*, metadata: dict[str, Any], adapter: str, version: int) 
     labels = metadata.get("labels") or []
     if metadata.get("source") == "upload":
         origin = f"uploaded by {metadata.get('uploaded_by', 'its owner')} (trained outside this service)"
+    elif metadata.get("source") == "merge":
+        merged = metadata.get("merge") or {}
+        parents = ", ".join(f"`{p['adapter']}@{p['version']}` (weight {p['weight']})"
+                            for p in metadata.get("parents") or [])
+        origin = f"merged by `{merged.get('combination_type')}` from {parents}"
     else:
         origin = f"trained by Adapter Foundry job {metadata.get('job_id')}"
     lines = [
@@ -443,3 +448,115 @@ def adapter_generate(*, user: AbstractBaseUser, adapter: str, prompts: list[str]
         with response:
             result["outputs"] = json.loads(response.read())["outputs"]
     return result
+
+
+LORA_COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties", "svd", "cat", "magnitude_prune", "ties_svd",
+                     "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
+DENSITY_COMBINATIONS = {c for c in LORA_COMBINATIONS if c.startswith(("ties", "dare", "magnitude"))}
+MERGE_COMBINATIONS = {"lora": LORA_COMBINATIONS, "lt_sft": ("sum",)}
+MERGE_MAX_SOURCES = 16
+MERGE_MAX_WEIGHT = 100.0
+HEADED_TASKS = ("classification", "token-classification")  # their heads are averaged with the merge's weights
+
+
+def _merge_sources_resolve(*, user: AbstractBaseUser, sources: list[dict[str, Any]]) -> list[AdapterVersion]:
+    from api.registry.selectors import adapter_version_get
+
+    versions = []
+    for i, source in enumerate(sources):
+        name, _, ref = str(source["version"]).partition("@")
+        version = adapter_version_get(user=user, name=name, ref=ref or "latest")  # another user's: 404
+        if version.archived_at is not None:
+            raise RegistryInputError(f"{name}@{version.version} is archived; archived versions are not merged",
+                                     f"sources[{i}].version")
+        versions.append(version)
+    return versions
+
+
+def _merge_sources_check(versions: list[AdapterVersion]) -> str:
+    """The sources must share base model, task, method (one that merges) and labels; returns the method."""
+    first = versions[0].metadata
+    for field in ("base_model", "task", "method"):
+        values = {f"{v.adapter.name}@{v.version}": (v.metadata.get(field) or {}).get("id")
+                  if field == "base_model" else v.metadata.get(field) for v in versions}
+        if len(set(map(str, values.values()))) > 1:
+            raise RegistryInputError(f"the sources have different {field.replace('_', ' ')}s: {values}; only "
+                                     "versions of one base model, task and method merge", "sources")
+    method = first.get("method")
+    if method not in MERGE_COMBINATIONS:
+        raise RegistryInputError(f"{method!r} versions do not merge; merging supports {sorted(MERGE_COMBINATIONS)}",
+                                 "sources")
+    labels = first.get("labels") or []
+    for v in versions[1:]:
+        if (v.metadata.get("labels") or []) != labels:
+            raise RegistryInputError(f"the sources have different label sets: {versions[0].adapter.name}@"
+                                     f"{versions[0].version} has {labels}, {v.adapter.name}@{v.version} has "
+                                     f"{v.metadata.get('labels') or []}; only heads over the same labels, in the "
+                                     "same order, can be averaged", "sources")
+    return str(method)
+
+
+def _merge_params_check(*, method: str, task: str, combination_type: str, weights: list[float],
+                        density: float | None, svd_rank: int | None) -> None:
+    allowed = MERGE_COMBINATIONS[method]
+    if combination_type not in allowed:
+        raise RegistryInputError(f"{method} versions merge with combination_type {list(allowed)}, not "
+                                 f"{combination_type!r}", "combination_type")
+    if density is not None and combination_type not in DENSITY_COMBINATIONS:
+        raise RegistryInputError(f"density applies to {sorted(DENSITY_COMBINATIONS)}, not {combination_type!r}",
+                                 "density")
+    if combination_type in DENSITY_COMBINATIONS and density is None:
+        raise RegistryInputError(f"combination_type {combination_type!r} needs a density (0 < density <= 1)",
+                                 "density")
+    if svd_rank is not None and not combination_type.endswith("svd"):
+        raise RegistryInputError("svd_rank applies to the *svd combination types", "svd_rank")
+    if task in HEADED_TASKS and sum(weights) <= 0:
+        raise RegistryInputError(f"the weights sum to {sum(weights)}; a {task} merge averages the heads with the "
+                                 "weights, which needs a positive sum", "sources")
+
+
+def adapter_merge_create(*, user: AbstractBaseUser, adapter_name: str, sources: list[dict[str, Any]],
+                         combination_type: str, density: float | None = None, svd_rank: int | None = None,
+                         seed: int = 0) -> AdapterMerge:
+    """Check a merge of the user's versions into the next version of `adapter_name` and queue it for a worker.
+
+    Args:
+        sources: [{"version": "name@ref", "weight": float}], 2 to MERGE_MAX_SOURCES of them.
+        seed: the random seed of DARE's pruning, so a merge can be redone exactly."""
+    from workers.tasks import adapter_merge_task
+
+    if not ADAPTER_NAME.match(adapter_name):
+        raise RegistryInputError("adapter names are 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a "
+                                 "letter or digit", "name")
+    if not 2 <= len(sources) <= MERGE_MAX_SOURCES:
+        raise RegistryInputError(f"give 2 to {MERGE_MAX_SOURCES} sources", "sources")
+    weights = [float(s.get("weight", 1.0)) for s in sources]
+    for i, weight in enumerate(weights):
+        if not math.isfinite(weight) or abs(weight) > MERGE_MAX_WEIGHT:
+            raise RegistryInputError(f"weights are finite numbers from -{MERGE_MAX_WEIGHT} to {MERGE_MAX_WEIGHT}",
+                                     f"sources[{i}].weight")
+    versions = _merge_sources_resolve(user=user, sources=sources)
+    method = _merge_sources_check(versions)
+    _merge_params_check(method=method, task=versions[0].metadata.get("task", ""), combination_type=combination_type,
+                        weights=weights, density=density, svd_rank=svd_rank)
+    with transaction.atomic():
+        merge = AdapterMerge.objects.create(
+            owner=user, adapter_name=adapter_name, method=method, combination_type=combination_type,
+            params={"density": density, "svd_rank": svd_rank, "seed": seed},
+            sources=[{"version_id": v.id, "adapter": v.adapter.name, "version": v.version, "weight": w}
+                     for v, w in zip(versions, weights, strict=True)])
+        transaction.on_commit(lambda: adapter_merge_task.delay(merge.id))
+    return merge
+
+
+def adapter_merge_publish(*, merge: AdapterMerge, folder: Path, metadata: dict[str, Any]) -> AdapterVersion:
+    """Store a merge's folder as the next version of its adapter. Idempotent on the merge: a second call returns
+    the version the first one made."""
+    with transaction.atomic():
+        merge = AdapterMerge.objects.select_for_update().get(id=merge.id)
+        if merge.result_id is not None:
+            return merge.result  # type: ignore[return-value]
+        version = _version_store(user=merge.owner, name=merge.adapter_name, folder=folder, metadata=metadata)
+        merge.result = version
+        merge.save(update_fields=["result"])
+        return version
