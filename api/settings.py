@@ -7,7 +7,9 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from api.env import env_bool, env_int, env_json, env_list, env_str
+from api.env import EnvError, env_bool, env_int, env_json, env_list, env_str
+from api.ops.logs import logging_config
+from api.ops.routing import RoutingConfigError, gpu_queues_parse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("FOUNDRY_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -39,10 +41,12 @@ INSTALLED_APPS = [
     "api.jobs",
     "api.registry",
     "api.openai_compat",
+    "api.ops",
     "frontend",
 ]
 
 MIDDLEWARE = [
+    "api.ops.metrics.metrics_middleware",  # first, so its latency covers the whole stack
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -150,6 +154,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep the root handler LOGGING sets (JSON or text, with the job id) instead of Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "jobs-reap": {"task": "workers.tasks.jobs_reap_task", "schedule": float(env_int("REAPER_INTERVAL_SECONDS", 15))},
 }
@@ -165,6 +171,16 @@ CHECKPOINT_EVERY_STEPS = env_int("CHECKPOINT_EVERY_STEPS", 500, minimum=0)
 CHECKPOINT_EVERY_SECONDS = env_int("CHECKPOINT_EVERY_SECONDS", 600, minimum=0)
 CHECKPOINT_KEEP = env_int("CHECKPOINT_KEEP", 2, minimum=1)
 PUBLISH_RETRY_SECONDS = env_int("PUBLISH_RETRY_SECONDS", 3600, minimum=0)
+
+# Workers at scale (api/ops): one train queue per GPU class, "name:GiB,..." (e.g. "train-24g:24,train-80g:80");
+# a job goes to the smallest class its estimated peak memory fits, or to `train` when unestimated or unset.
+try:
+    GPU_QUEUES = gpu_queues_parse(env_str("GPU_QUEUES", ""))
+except RoutingConfigError as exc:
+    raise EnvError(str(exc)) from None
+WORKER_QUEUES = env_list("WORKER_QUEUES", [])  # a worker's queues when `celery worker` has no -Q
+WORKER_REPORT_SECONDS = env_int("WORKER_REPORT_SECONDS", 15, minimum=1)  # capability reports; TTL is 3x
+METRICS_TOKEN = env_str("METRICS_TOKEN")  # bearer token for /metrics; unset: loopback clients only
 
 # Object store: an embedded SeaweedFS on this port when S3_ENDPOINT_URL is unset.
 EMBEDDED_S3_PORT = env_int("EMBEDDED_S3_PORT", 8333, minimum=1)
@@ -216,12 +232,12 @@ DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 5_000_000, minimum=1)
 DATASET_MAX_LINE_BYTES = env_int("DATASET_MAX_LINE_BYTES", 1024 * 1024, minimum=1024)
 API_RATE_LIMIT = env_str("API_RATE_LIMIT", "1200/min")  # per user (token or session), in the shared cache
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-}
+# LOG_FORMAT: json (one object per line, with job_id on every line a job causes) or text.
+try:
+    LOGGING = logging_config(log_format=env_str("LOG_FORMAT", "json" if PRODUCTION else "text"),
+                             level=env_str("LOG_LEVEL", "INFO"))
+except ValueError as exc:
+    raise EnvError(str(exc)) from None
 
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"user": API_RATE_LIMIT}
 # The throttle's counters live in Redis, so every web process counts against the same limit.

@@ -12,6 +12,9 @@ from api.jobs.apis import (
     JobListCreateApi,
     JobMetricsApi,
 )
+from api.ops.apis import OpsWorkersApi
+from api.ops.metrics import metrics_view
+from api.ops.views import operators
 from api.registry.apis import (
     AdapterAliasApi,
     AdapterAliasListApi,
@@ -55,6 +58,7 @@ v1 = [
     path("adapters/<str:name>/compare", AdapterCompareApi.as_view()),
     path("adapters/<str:name>/merges", AdapterMergeListCreateApi.as_view()),
     path("adapters/<str:name>/merges/<int:merge_id>", AdapterMergeDetailApi.as_view()),
+    path("ops/workers", OpsWorkersApi.as_view()),
 ]
 
 urlpatterns = [
@@ -63,6 +67,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
+    path("metrics", metrics_view),
+    path("ops", operators, name="ops"),
     path("", include("frontend.urls")),
 ]
 

@@ -3,12 +3,16 @@
 import logging
 import os
 import socket
+from typing import Any
 
 import redis
 from celery import shared_task
+from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 
+from api.ops.logs import TRAIN_TASK, job_id_var
 from storage.s3 import StorageError
+from workers import capabilities  # noqa: F401 (connects the capability report and WORKER_QUEUES to the worker)
 
 log = logging.getLogger(__name__)
 OVER_LIMIT_RETRY_SECONDS = 10
@@ -29,7 +33,21 @@ def job_train(job_id: int) -> None:
 
     claim = job_train_run(job_id=job_id, worker=f"{socket.gethostname()}:{os.getpid()}")
     if claim is Claim.OVER_LIMIT:  # the owner's other jobs hold every slot they may use: ask again later
-        job_train.apply_async((job_id,), countdown=OVER_LIMIT_RETRY_SECONDS)
+        queue = (job_train.request.delivery_info or {}).get("routing_key") or "train"  # its GPU class, if any
+        job_train.apply_async((job_id,), countdown=OVER_LIMIT_RETRY_SECONDS, queue=queue)
+
+
+@task_prerun.connect
+def _job_log_context_enter(task: Any = None, args: Any = None, **_: Any) -> None:
+    """Every log line from here to task_postrun (Celery's "succeeded" line included) names the job."""
+    if getattr(task, "name", "") == TRAIN_TASK and args:
+        job_id_var.set(int(args[0]))
+
+
+@task_postrun.connect
+def _job_log_context_exit(task: Any = None, **_: Any) -> None:
+    if getattr(task, "name", "") == TRAIN_TASK:
+        job_id_var.set(None)
 
 
 @shared_task(name="workers.tasks.jobs_reap_task")

@@ -58,10 +58,16 @@ def job_event_add(*, job_id: int, type: str, message: str, data: dict[str, Any] 
 
 
 def job_send(*, job_id: int, priority: int) -> None:
-    """Put a message for the job on the train queue. Safe to repeat: only one claim can win."""
+    """Put a message for the job on its train queue: with GPU_QUEUES set, the smallest GPU class its
+    estimated peak memory fits (api/ops/routing.py), else `train`. Safe to repeat: only one claim can win."""
+    from api.ops.routing import train_queue_for
     from workers.tasks import job_train
 
-    job_train.apply_async((job_id,), priority=9 - priority)  # Redis takes step 0 first
+    peak = None
+    if settings.GPU_QUEUES:
+        estimate = Job.objects.filter(id=job_id).values_list("estimate", flat=True).first()
+        peak = (estimate or {}).get("peak_memory_bytes")
+    job_train.apply_async((job_id,), priority=9 - priority, queue=train_queue_for(peak))  # Redis takes step 0 first
 
 
 def _enqueue(job: Job) -> None:

@@ -9,7 +9,8 @@ POST /generate  {"version", "prompts": [...], "params": {max_tokens, temperature
                    "stream": true, NDJSON events as they come: {"index", "delta"}, then {"index", "finish_reason",
                    "prompt_tokens", "completion_tokens"} per prompt ({"error"} if it breaks half-way)
 GET  /health    -> {"ok": true}
-GET  /metrics   -> cache hits, cold loads and their latency, batch sizes"""
+GET  /metrics   -> Prometheus text: cache hits, cold loads and their latency, batch sizes, process figures
+GET  /metrics.json -> the same engine figures as JSON"""
 
 import asyncio
 import json
@@ -23,6 +24,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
 django.setup()
 
 from django.conf import settings  # noqa: E402
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4  # noqa: E402
 
 from workers.inference.cache import AdapterCache  # noqa: E402
 from workers.inference.engine import Engine  # noqa: E402
@@ -30,6 +34,27 @@ from workers.inference.engine import Engine  # noqa: E402
 MAX_BODY = 4 * 1024 * 1024
 engine = Engine(AdapterCache(max_adapters=settings.INFERENCE_CACHE_ADAPTERS, max_bytes=settings.INFERENCE_CACHE_BYTES),
                 window_ms=settings.INFERENCE_BATCH_WINDOW_MS)
+
+
+class EngineCollector:
+    """engine.metrics() in Prometheus form; the p50s are over the last 1,000 loads and batches."""
+
+    def collect(self) -> Iterator[Metric]:
+        m = engine.metrics()
+        for key, what in (("cache_hits", "requests served by a loaded adapter"),
+                          ("cold_loads", "adapter versions loaded from S3"), ("evictions", "adapters evicted")):
+            yield CounterMetricFamily(f"foundry_inference_{key}", what.capitalize(), value=m[key])
+        yield GaugeMetricFamily("foundry_inference_adapters_loaded", "Adapters in memory", value=m["adapters_loaded"])
+        yield GaugeMetricFamily("foundry_inference_bases_loaded", "Base models in memory", value=m["bases_loaded"])
+        yield GaugeMetricFamily("foundry_inference_cold_load_p50_seconds", "Median cold-load time",
+                                value=(m["cold_load_p50_ms"] or 0) / 1000)
+        yield GaugeMetricFamily("foundry_inference_batch_size_p50", "Median rows per batch",
+                                value=m["batch_size_p50"] or 0)
+
+
+registry = CollectorRegistry(auto_describe=False)
+registry.register(EngineCollector())  # type: ignore[arg-type]
+ProcessCollector(registry=registry)
 
 
 async def _body(receive: Any) -> bytes:
@@ -84,6 +109,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if method == "GET" and path == "/health":
         return await _send_json(send, 200, {"ok": True})
     if method == "GET" and path == "/metrics":
+        body = generate_latest(registry)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode()), (b"content-length", str(len(body)).encode())]})
+        return await send({"type": "http.response.body", "body": body})
+    if method == "GET" and path == "/metrics.json":
         return await _send_json(send, 200, engine.metrics())
     if method == "POST" and path == "/generate":
         return await _generate(receive, send)
