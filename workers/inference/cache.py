@@ -1,7 +1,12 @@
 """Adapter versions loaded on demand from S3 into one copy of each base model, with an LRU bound
-on the number of adapters and their bytes. Versions are immutable, so the S3 prefix is the key."""
+on the number of adapters and their bytes. Versions are immutable, so the S3 prefix is the key.
+
+Methods written here (workers/methods/native.py: SSF, bottleneck adapters, DyLoRA, LT-SFT, LISA, MeZO,
+MixLoRA) change or wrap the base model's own modules, so each such version gets a base model of its own,
+loaded by the method's load(); its bytes in the cache are the whole model's."""
 
 import hashlib
+import json
 import re
 import tempfile
 import threading
@@ -20,10 +25,11 @@ MIXED_BATCH_TYPES = {"LORA"}  # peft runs rows of different adapters in one forw
 @dataclass
 class Loaded:
     name: str  # the adapter's name inside the base's PeftModel
-    base_key: tuple[str, str, int]
+    base_key: tuple[Any, ...]
     bytes: int
-    peft_type: str
+    peft_type: str  # "" for a method written here
     labels: list[str]
+    native: str = ""  # the method's name when it is written here: the base is this version's alone
 
 
 @dataclass
@@ -45,7 +51,7 @@ class AdapterCache:
     def __init__(self, *, max_adapters: int, max_bytes: int):
         self.max_adapters, self.max_bytes = max_adapters, max_bytes
         self.adapters: OrderedDict[str, Loaded] = OrderedDict()
-        self.bases: dict[tuple[str, str, int], Base] = {}
+        self.bases: dict[tuple[Any, ...], Base] = {}
         self.stats = CacheStats()
         self.lock = threading.RLock()
 
@@ -79,7 +85,11 @@ class AdapterCache:
             for entry in version["files"]:
                 if entry["name"] in {"adapter_config.json", "adapter_model.safetensors"}:
                     s3.download_file(version["prefix"] + entry["name"], folder / entry["name"], sha256=entry["sha256"])
-            peft_type = re.search(r'"peft_type":\s*"(\w+)"', (folder / "adapter_config.json").read_text())
+            config_text = (folder / "adapter_config.json").read_text()
+            native = json.loads(config_text).get("foundry_method")
+            if native:
+                return self._load_native(str(native), folder, base_key=(*base_key, name), name=name, labels=labels)
+            peft_type = re.search(r'"peft_type":\s*"(\w+)"', config_text)
             base = self.bases.get(base_key)
             if base is None:
                 entry = base_model_get(base_key[0])
@@ -93,6 +103,25 @@ class AdapterCache:
             size = sum(e["size"] for e in version["files"] if e["name"] == "adapter_model.safetensors")
         return Loaded(name=name, base_key=base_key, bytes=size, peft_type=peft_type.group(1) if peft_type else "",
                       labels=labels)
+
+    def _load_native(self, method_name: str, folder: Path, *, base_key: tuple[Any, ...], name: str,
+                     labels: list[str]) -> Loaded:
+        import itertools
+
+        import workers.methods  # noqa: F401 (registers the methods)
+        from workers.methods.registry import method_get
+
+        method = method_get(method_name)
+        if method.peft_backed or method.load is None:
+            raise ValueError(f"{folder}: adapter_config.json names {method_name!r}, which has no loader here")
+        entry = base_model_get(base_key[0])
+        tokenizer = tokenizer_load(entry)
+        task = base_key[1]
+        model = method.load(model_load(entry, task=task, vocab_size=len(tokenizer), labels=labels or None),
+                            str(folder)).eval()
+        self.bases[base_key] = Base(model=model, tokenizer=tokenizer, task=task)
+        size = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+        return Loaded(name=name, base_key=base_key, bytes=size, peft_type="", labels=labels, native=method_name)
 
     def _evict(self, *, keep: str) -> None:
         while len(self.adapters) > 1 and (len(self.adapters) > self.max_adapters

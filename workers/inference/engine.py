@@ -1,6 +1,8 @@
 """Requests for many adapters, batched: rows that arrive within a short window are grouped by
 base model and run together, rows of different LoRA adapters in one forward pass (peft's
-per-row `adapter_names`); other adapter types run one group per adapter.
+per-row `adapter_names`); other adapter types run one group per adapter, and each version of a method
+written here (SSF, bottleneck adapters, DyLoRA, LT-SFT, LISA, MeZO, MixLoRA) runs on its own copy of the
+base model, its rows in a batch of their own.
 
 Generation (sft adapters) goes through the same thread, one prompt at a time, grouped per adapter:
 greedy at temperature 0, else sampling (temperature, top_p), up to max_tokens, cut at the first
@@ -191,11 +193,11 @@ class Engine:
         sampling: dict[str, Any] = {"do_sample": False}
         if params.temperature > 0:
             sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-        base.model.set_adapter(loaded.name)
+        model = _generator(base, loaded)
         with torch.no_grad(), torch.random.fork_rng():
             if params.seed is not None:
                 torch.manual_seed(params.seed + index)  # n choices from one seed: reproducible, not identical
-            output = base.model.generate(
+            output = model.generate(
                 input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                 max_new_tokens=params.max_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                 stopping_criteria=StoppingCriteriaList([emitter]), **sampling)[0]
@@ -234,7 +236,9 @@ class Engine:
         self.batch_sizes = [*self.batch_sizes[-999:], len(texts)]
         encoded = base.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=512)
         with torch.no_grad():
-            if all(loaded.peft_type in MIXED_BATCH_TYPES for _, loaded in members):
+            if members[0][1].native:  # a method written here owns this base: its rows run alone, as one batch
+                logits = base.model(**encoded).logits
+            elif all(loaded.peft_type in MIXED_BATCH_TYPES for _, loaded in members):
                 logits = base.model(**encoded, adapter_names=names).logits
             else:
                 logits = torch.empty(len(texts), base.model.config.num_labels)
@@ -264,6 +268,20 @@ class Engine:
             "cold_load_p50_ms": round(loads[len(loads) // 2] * 1000, 2) if loads else None,
             "batch_size_p50": sizes[len(sizes) // 2] if sizes else None, "batches": len(self.batch_sizes),
         }
+
+
+def _generator(base: Base, loaded: Loaded) -> Any:
+    """The module whose generate() runs this adapter: the PeftModel with it active, or, for a method written
+    here, the base model inside its wrapper (after the wrapper's per-forward setup, e.g. DyLoRA's rank)."""
+    if not loaded.native:
+        base.model.set_adapter(loaded.name)
+        return base.model
+    from workers.methods.native import NativeModel
+
+    if isinstance(base.model, NativeModel):
+        base.model.before_forward()
+        return base.model.base
+    return base.model
 
 
 def _rows(request: Request | GenerateRequest) -> int:
