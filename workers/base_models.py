@@ -14,6 +14,7 @@ from django.conf import settings
 from api.datasets.examples import TASKS
 
 TINY_SEED = 1234
+HEADED_TASKS = ("classification", "token-classification")  # a fresh head sized by the label names
 
 
 class UnknownBaseModel(LookupError):
@@ -50,14 +51,14 @@ def _builtin() -> list[BaseModelEntry]:
         BaseModelEntry(
             id="minilm-l6",
             source=_minilm_path(),
-            tasks=("classification",),
+            tasks=("classification", "token-classification"),
             description="all-MiniLM-L6-v2: 6-layer, 384-wide BERT-style encoder (22M parameters), pretrained.",
             hub_id="sentence-transformers/all-MiniLM-L6-v2",
         ),
         BaseModelEntry(
             id="tiny-bert",
             source="tiny:bert",
-            tasks=("classification",),
+            tasks=("classification", "token-classification"),
             description="A 2-layer, 32-wide BERT, randomly initialised with a fixed seed: for tests.",
         ),
         BaseModelEntry(
@@ -112,16 +113,18 @@ def _tiny_config(entry: BaseModelEntry, vocab_size: int, **kwargs: Any) -> Any:
 
 
 def model_load(entry: BaseModelEntry, *, task: str, vocab_size: int, labels: list[str] | None = None) -> Any:
-    """The base model with the head the task needs (a fresh classifier for classification)."""
+    """The base model with the head the task needs (a fresh classifier, per row or per token, for the
+    classification tasks; labels are its class names in id order)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     kwargs: dict[str, Any] = {}
-    if task == "classification":
-        assert labels, "classification needs its label names"
+    if task in HEADED_TASKS:
+        assert labels, f"{task} needs its label names"
         kwargs = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                   "label2id": {name: i for i, name in enumerate(labels)}}
-    auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    auto = {"classification": AutoModelForSequenceClassification,
+            "token-classification": AutoModelForTokenClassification}.get(task, AutoModelForCausalLM)
     if entry.tiny:
         with torch.random.fork_rng():
             torch.manual_seed(TINY_SEED)

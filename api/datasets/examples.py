@@ -12,7 +12,9 @@ from typing import Any
 from api.datasets.formats import Problem, records_iter
 
 ROLES = ("system", "user", "assistant")
-TASKS = ("classification", "sft")
+TASKS = ("classification", "sft", "token-classification")
+TAG_FIELDS = ("labels", "tags")  # token-classification: either name, one per row
+MAX_TOKENS = 4096  # words per token-classification row
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class Example:
     text: str = ""  # classification input
     label: str = ""  # classification label, always a string
     messages: tuple[tuple[str, str], ...] = ()  # sft: (role, content); loss on assistant turns
+    tokens: tuple[str, ...] = ()  # token-classification: the words
+    tags: tuple[str, ...] = ()  # token-classification: one tag per word (BIO/IOB2, e.g. B-ORG, I-ORG, O)
 
 
 def _text(record: dict[str, Any], key: str, line: int, problems: list[Problem]) -> str | None:
@@ -98,7 +102,52 @@ def _sft(record: dict[str, Any], line: int, problems: list[Problem]) -> Example 
     return Example(messages=(("user", prompt), ("assistant", completion)))
 
 
-CHECKS = {"classification": _classification, "sft": _sft}
+def _string_list(record: dict[str, Any], key: str, line: int, problems: list[Problem]) -> list[str] | None:
+    """A non-empty list of non-empty strings; in CSV/TSV a JSON string holding one."""
+    value = record[key]
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(line, key, f"{key!r} is not a JSON list: {exc.msg}"))
+            return None
+    if not isinstance(value, list) or not value:
+        problems.append(Problem(line, key, f"{key!r} must be a non-empty list of strings"))
+        return None
+    if len(value) > MAX_TOKENS:
+        problems.append(Problem(line, key, f"{key!r} has {len(value)} items; at most {MAX_TOKENS}"))
+        return None
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            problems.append(Problem(line, f"{key}[{i}]", f"must be a string, got {type(item).__name__}"))
+            return None
+        if not item.strip():
+            problems.append(Problem(line, f"{key}[{i}]", "empty string"))
+            return None
+    return value
+
+
+def _token_classification(record: dict[str, Any], line: int, problems: list[Problem]) -> Example | None:
+    present = [key for key in TAG_FIELDS if key in record]
+    if "tokens" not in record:
+        problems.append(Problem(line, "tokens", f"missing field 'tokens' (found: {sorted(record)})"))
+        return None
+    if len(present) != 1:
+        problems.append(Problem(line, "labels", f"needs one of 'labels' or 'tags', one per token (found: "
+                                f"{sorted(record)})"))
+        return None
+    tokens = _string_list(record, "tokens", line, problems)
+    tags = _string_list(record, present[0], line, problems)
+    if tokens is None or tags is None:
+        return None
+    if len(tokens) != len(tags):
+        problems.append(Problem(line, present[0], f"{len(tags)} {present[0]} for {len(tokens)} tokens; "
+                                "need one per token"))
+        return None
+    return Example(tokens=tuple(tokens), tags=tuple(t.strip() for t in tags))
+
+
+CHECKS = {"classification": _classification, "sft": _sft, "token-classification": _token_classification}
 
 
 def examples_iter(path: Path, fmt: str, task: str, *, max_line_bytes: int = 1024 * 1024) -> Iterator[

@@ -11,6 +11,7 @@ class DatasetStatus(models.TextChoices):
 class Task(models.TextChoices):
     CLASSIFICATION = "classification"
     SFT = "sft"
+    TOKEN_CLASSIFICATION = "token-classification"
 
 
 class Dataset(models.Model):

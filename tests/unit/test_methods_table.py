@@ -15,10 +15,14 @@ from workers.methods.registry import METHODS, ConfigError, Method, method_config
 from workers.training.data import encode_all
 
 STEPS = 20
-MODEL_FOR_TASK = {"classification": "tiny-bert", "sft": "tiny-llama"}
+MODEL_FOR_TASK = {"classification": "tiny-bert", "sft": "tiny-llama", "token-classification": "tiny-bert"}
 LABELS = ["negative", "positive"]
+TAGS = ["B-LOC", "B-PER", "I-PER", "O"]
 TEXTS = [("a wonderful film", "positive"), ("tedious and dull", "negative"), ("i loved every minute", "positive"),
          ("a waste of time", "negative"), ("bright and moving", "positive"), ("flat, boring, long", "negative")]
+SENTENCES = [(("Ada", "Lovelace", "met", "Babbage"), ("B-PER", "I-PER", "O", "B-PER")),
+             (("rain", "in", "Paris"), ("O", "O", "B-LOC")), (("Oslo", "is", "cold"), ("B-LOC", "O", "O")),
+             (("Grace", "Hopper", "wrote", "code", "in", "Arlington"), ("B-PER", "I-PER", "O", "O", "O", "B-LOC"))]
 CHATS = [("what is two plus two", "four"), ("name a colour", "blue"), ("say hi", "hello there"),
          ("capital of france", "paris")]
 
@@ -56,7 +60,7 @@ def _tokenizer(task: str) -> Any:
 
 def _base(task: str) -> Any:
     tokenizer = _tokenizer(task)
-    labels = LABELS if task == "classification" else None
+    labels = {"classification": LABELS, "token-classification": TAGS}.get(task)
     model = model_load(base_model_get(MODEL_FOR_TASK[task]), task=task, vocab_size=len(tokenizer), labels=labels)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -66,9 +70,13 @@ def _base(task: str) -> Any:
 
 def _batch(task: str) -> dict[str, torch.Tensor]:
     """One padded batch, encoded the way the worker encodes training data."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+    from transformers import DataCollatorForSeq2Seq, DataCollatorForTokenClassification, DataCollatorWithPadding
 
     tokenizer = _tokenizer(task)
+    if task == "token-classification":
+        examples = [Example(tokens=words, tags=tags) for words, tags in SENTENCES]
+        rows = encode_all(tokenizer, task, examples, 16, {name: i for i, name in enumerate(TAGS)})
+        return dict(DataCollatorForTokenClassification(tokenizer)(rows))
     if task == "classification":
         examples = [Example(text=t, label=label) for t, label in TEXTS]
         rows = encode_all(tokenizer, task, examples, 16, {name: i for i, name in enumerate(LABELS)})
@@ -170,9 +178,9 @@ def test_target_module_not_in_model_is_refused_before_training(name: str) -> Non
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_on_a_task_it_does_not_support_is_refused(name: str) -> None:
-    """Every method supports both of today's tasks, so the refusal is shown with one none supports yet."""
+    """A task the method does not support (or, for a method that supports every task, one that does not exist)."""
     method = method_get(name)
-    task = next(t for t in (*MODEL_FOR_TASK, "token-classification") if t not in method.tasks)
+    task = next((t for t in MODEL_FOR_TASK if t not in method.tasks), "summarisation")
     model_task = task if task in MODEL_FOR_TASK else "classification"
     kwargs = {"total_step": STEPS} if method.needs_total_step else {}
     with pytest.raises(ConfigError) as err:

@@ -27,7 +27,8 @@ def task_type(method: str, task: str) -> Any:
     import peft
 
     method_task_check(method_get(method), task)
-    types = {"classification": peft.TaskType.SEQ_CLS, "sft": peft.TaskType.CAUSAL_LM}
+    types = {"classification": peft.TaskType.SEQ_CLS, "sft": peft.TaskType.CAUSAL_LM,
+             "token-classification": peft.TaskType.TOKEN_CLS}
     if task not in types:
         raise ConfigError(f"task {task!r} has no peft task type here", "task")
     return types[task]

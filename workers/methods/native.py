@@ -72,8 +72,9 @@ def freeze(module: nn.Module) -> None:
 
 
 def heads(base: nn.Module, task: str) -> dict[str, nn.Module]:
-    """The task head a job trains from scratch (classification); the language-model head of sft stays frozen."""
-    if task != "classification":
+    """The task head a job trains from scratch (classification, per row or per token); the language-model head of
+    sft stays frozen."""
+    if task not in ("classification", "token-classification"):
         return {}
     return {name: getattr(base, name) for name in HEADS if isinstance(getattr(base, name, None), nn.Module)}
 

@@ -21,6 +21,12 @@ def adapter_save(model: Any, directory: str) -> None:
     model.save_pretrained(str(directory), safe_serialization=True)
 
 
+ALL_TASKS = ("classification", "sft", "token-classification")
+# peft prepends virtual tokens to the input for these, so a token-classification model would emit more logits
+# than there are labels (peft handles that only for prefix tuning, whose prefixes are keys and values, not tokens)
+VIRTUAL_TOKEN_TASKS = ("classification", "sft")
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered method. The worker's order of calls:
@@ -42,7 +48,7 @@ class Method:
     paper: str
     config: type[BaseModel]
     build: Callable[..., Any]
-    tasks: tuple[str, ...] = ("classification", "sft")
+    tasks: tuple[str, ...] = ALL_TASKS
     prepare: Callable[..., None] | None = None
     after_step: Callable[[Any, int], None] | None = None
     save: Callable[[Any, str], None] = adapter_save

@@ -56,10 +56,22 @@ def encode_all(
 ) -> list[dict[str, Any]]:
     if task == "sft":
         return [sft_encode(tokenizer, e, max_length) for e in examples]
+    encode_batch = classification_encode_batch
+    if task == "token-classification":
+        from workers.training.tokens import tokens_encode_batch as encode_batch
     rows: list[dict[str, Any]] = []
     for start in range(0, len(examples), batch):
-        rows += classification_encode_batch(tokenizer, examples[start : start + batch], max_length, label2id)
+        rows += encode_batch(tokenizer, examples[start : start + batch], max_length, label2id)
     return rows
+
+
+def labels_for(task: str, examples: Sequence[Example]) -> list[str]:
+    """The class names a task's head predicts, in id order: row labels, or token tags; none for sft."""
+    if task == "classification":
+        return labels_order({e.label for e in examples})
+    if task == "token-classification":
+        return labels_order({tag for e in examples for tag in e.tags})
+    return []
 
 
 def labels_order(labels: set[str]) -> list[str]:

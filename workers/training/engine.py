@@ -26,12 +26,13 @@ from django.conf import settings
 
 from api.datasets.examples import Example
 from workers.base_models import BaseModelEntry, base_model_get, model_load, tokenizer_load
-from workers.training.data import encode_all, labels_order
+from workers.training.data import encode_all, labels_for
 from workers.training.hyperparameters import Hyperparameters
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "1"
+PER_TOKEN_LABELS = ("sft", "token-classification")
 OOM_MICRO_BATCH_FLOOR = 1
 
 
@@ -128,7 +129,7 @@ def _rows_save(path: Path, rows: list[dict[str, Any]], task: str) -> None:
     lengths = torch.tensor([len(r["input_ids"]) for r in rows], dtype=torch.int64)
     tensors = {"lengths": lengths,
                "input_ids": torch.tensor([t for r in rows for t in r["input_ids"]], dtype=torch.int64)}
-    if task == "sft":
+    if task in PER_TOKEN_LABELS:
         tensors["labels"] = torch.tensor([t for r in rows for t in r["labels"]], dtype=torch.int64)
     elif rows and "labels" in rows[0]:
         tensors["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.int64)
@@ -157,7 +158,7 @@ def _rows_load(path: Path) -> list[dict[str, Any]] | None:
     for i, row_ids in enumerate(ids):
         row: dict[str, Any] = {"input_ids": row_ids.tolist(), "attention_mask": [1] * lengths[i]}
         if labels is not None:
-            row["labels"] = labels.split(lengths)[i].tolist() if task == "sft" else int(labels[i])
+            row["labels"] = labels.split(lengths)[i].tolist() if task in PER_TOKEN_LABELS else int(labels[i])
         rows.append(row)
     return rows
 
@@ -189,10 +190,17 @@ def rows_encode(tokenizer: Any, task: str, examples: Sequence[Example], max_leng
 
 def collator_build(task: str, tokenizer: Any, *, packed: bool) -> Any:
     """Classification: dynamic padding. sft: packed rows (no padding at all), or padded for calibration."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorForTokenClassification,
+        DataCollatorWithFlattening,
+        DataCollatorWithPadding,
+    )
 
     if task == "classification":
         return DataCollatorWithPadding(tokenizer)
+    if task == "token-classification":
+        return DataCollatorForTokenClassification(tokenizer)
     if packed:
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -267,6 +275,14 @@ def accuracy(prediction: Any) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, -1) == prediction.label_ids).mean())}
 
 
+def metrics_for(task: str, model: Any) -> Callable[[Any], dict[str, float]] | None:
+    from workers.training.tokens import metrics_for as token_metrics
+
+    if task == "token-classification":
+        return token_metrics({int(k): v for k, v in model.config.id2label.items()})
+    return accuracy if task == "classification" else None
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -313,7 +329,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
             train_dataset=Rows(train_rows),
             eval_dataset=Rows(eval_rows) if eval_rows else None,
             data_collator=collator_build(task, tokenizer, packed=packed),
-            compute_metrics=accuracy if task == "classification" else None,
+            compute_metrics=metrics_for(task, model),
             callbacks=list(callbacks),
         )
         trainer.remove_callback(PrinterCallback)  # callbacks record the logs; no per-step prints
@@ -364,7 +380,7 @@ def examples_train(*, base_model: str, task: str, method_name: str, method_confi
 
     entry, method = base_model_get(base_model), method_get(method_name)
     config = config_resolve(method.config, method_config, param="method_config")
-    labels = labels_order({e.label for e in train}) if task == "classification" else []
+    labels = labels_for(task, train)
     label2id = {name: i for i, name in enumerate(labels)} if labels else None
     tokenizer = tokenizer_load(entry)
     train_rows = rows_encode(tokenizer, task, train, hp.max_seq_length, label2id)

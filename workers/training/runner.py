@@ -28,10 +28,13 @@ from workers.methods.registry import ConfigError, method_get
 from workers.training import engine
 from workers.training.callbacks import JobProgressCallback, MethodStepCallback, StopReason
 from workers.training.checkpoints import checkpoint_download
-from workers.training.data import PROMPT_FORMAT, labels_order
+from workers.training.data import PROMPT_FORMAT, labels_for
+from workers.training.estimate import job_estimate
 from workers.training.hyperparameters import Hyperparameters
 
 log = logging.getLogger(__name__)
+# kept from the last evaluation; token-classification: accuracy per word, and entity precision/recall/F1
+EVAL_METRICS = {"eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1"}
 
 
 class UserInputError(ValueError):
@@ -161,12 +164,10 @@ def _train(job: Job, *, token: str, lease_lost: threading.Event) -> None:
         tmp = Path(tmp_name)
         train_examples = _examples(job.dataset, tmp)
         eval_examples = _examples(job.validation_dataset, tmp) if job.validation_dataset else []
-        labels: list[str] = []
-        label2id = None
-        if job.task == "classification":
-            labels = labels_order({e.label for e in train_examples})
-            label2id = {name: i for i, name in enumerate(labels)}
-            unseen = sorted({e.label for e in eval_examples} - set(labels))
+        labels = labels_for(job.task, train_examples)
+        label2id = {name: i for i, name in enumerate(labels)} if labels else None
+        if labels:
+            unseen = sorted(set(labels_for(job.task, eval_examples)) - set(labels))
             if unseen:
                 raise UserInputError(f"validation_dataset has labels not in the training data: {unseen[:10]}",
                                      "validation_dataset")
@@ -190,6 +191,8 @@ def _train(job: Job, *, token: str, lease_lost: threading.Event) -> None:
             data={"examples": len(train_rows), "trainable_parameters": trainable, "total_parameters": total,
                   "device": device, "bf16": engine.bf16_worthwhile(device) and engine.autocast_safe(model)},
         )
+
+        _estimate_record(job, trainable=trainable, device=device)
 
         def oom_record(retry: engine.OomRetry) -> None:
             services.job_event_add(
@@ -230,6 +233,23 @@ def _train(job: Job, *, token: str, lease_lost: threading.Event) -> None:
         )
 
 
+def _estimate_record(job: Job, *, trainable: int, device: str) -> None:
+    """The estimate again, on this worker: calibrated time (measured once per base model and device) and the
+    exact trainable parameter count. Recorded on the job and as an event; a failure here never fails the job."""
+    try:
+        estimate = job_estimate(stats=job.dataset.report.get("stats") or {"rows": 0}, base_model=job.base_model,
+                                task=job.task, method=job.method, hyperparameters=job.hyperparameters,
+                                trainable_parameters=trainable, device=device, measure=True)
+    except Exception:
+        log.exception("job %s: estimate failed", job.id)
+        return
+    Job.objects.filter(id=job.id).update(estimate=estimate)
+    memory = estimate["peak_memory_bytes"] / 2**20
+    services.job_event_add(job_id=job.id, type="estimated", data=estimate,
+                           message=f"estimate on {device}: {estimate['steps']} steps, {estimate['tokens']} tokens, "
+                                   f"about {estimate['seconds']} s and {memory:.0f} MiB at peak")
+
+
 def _publish_with_retry(job: Job, out: Path, lineage: dict[str, Any], lease_lost: threading.Event) -> Any:
     """Publish; while S3 is down, keep the files and retry with backoff for PUBLISH_RETRY_SECONDS."""
     deadline = time.monotonic() + settings.PUBLISH_RETRY_SECONDS
@@ -262,7 +282,7 @@ def _final_metrics(trainer: Any) -> dict[str, float]:
     if losses:
         final["train_loss"] = losses[-1]
     if evals:
-        final.update({k: v for k, v in evals[-1].items() if k in {"eval_loss", "eval_accuracy"}})
+        final.update({k: v for k, v in evals[-1].items() if k in EVAL_METRICS})
     return final
 
 

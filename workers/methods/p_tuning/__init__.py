@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.methods.common import peft_config_make, peft_model_get, task_type
-from workers.methods.registry import Method, method_register
+from workers.methods.registry import VIRTUAL_TOKEN_TASKS, Method, method_register
 
 
 class PTuningConfig(BaseModel):
@@ -32,4 +32,4 @@ def build(model: Any, config: dict[str, Any], *, task: str) -> Any:
 
 
 method_register(Method(name="p_tuning", title="P-tuning", paper="arXiv:2103.10385", config=PTuningConfig,
-                       build=build, mergeable=False))
+                       build=build, mergeable=False, tasks=VIRTUAL_TOKEN_TASKS))

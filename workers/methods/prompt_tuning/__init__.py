@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.methods.common import peft_config_make, peft_model_get, task_type
-from workers.methods.registry import Method, method_register
+from workers.methods.registry import VIRTUAL_TOKEN_TASKS, Method, method_register
 
 
 class PromptTuningConfig(BaseModel):
@@ -27,4 +27,4 @@ def build(model: Any, config: dict[str, Any], *, task: str) -> Any:
 
 
 method_register(Method(name="prompt_tuning", title="Prompt tuning", paper="arXiv:2104.08691",
-                       config=PromptTuningConfig, build=build, mergeable=False))
+                       config=PromptTuningConfig, build=build, mergeable=False, tasks=VIRTUAL_TOKEN_TASKS))
