@@ -1,11 +1,12 @@
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -249,11 +250,25 @@ class AdapterCompareApi(APIView):
         return Response(adapter_version_compare(a=a, b=b))
 
 
+@extend_schema_field({"oneOf": [{"type": "string", "maxLength": 20000},
+                               {"type": "array", "items": {"type": "string", "maxLength": 200}}]})
+class PredictInputField(serializers.Field):
+    """A text, or a list of tokens (token-classification); which one a version takes is checked by the service."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and len(data) <= 20_000:
+            return data
+        if isinstance(data, list) and all(isinstance(t, str) for t in data):
+            return data
+        raise serializers.ValidationError("a string (at most 20,000 characters) or a list of strings")
+
+
 class PredictApi(APIView):
     class InputSerializer(serializers.Serializer):
         adapter = serializers.CharField(max_length=200, help_text="name@ref: a version number, latest or an alias")
-        inputs = serializers.ListField(child=serializers.CharField(max_length=20_000), min_length=1,
-                                       max_length=settings.PREDICT_MAX_INPUTS)
+        inputs = serializers.ListField(child=PredictInputField(), min_length=1, max_length=settings.PREDICT_MAX_INPUTS,
+                                       help_text="classification: texts; token-classification: texts (split on "
+                                                 "whitespace) or lists of tokens")
 
     @extend_schema(request=InputSerializer, responses=inline_serializer(
         "Prediction", {"adapter": serializers.CharField(), "version": serializers.IntegerField(),

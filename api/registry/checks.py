@@ -17,7 +17,7 @@ from workers.base_models import BaseModelEntry, model_load, tokenizer_load
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
-TASK_TYPES = {"SEQ_CLS": "classification", "CAUSAL_LM": "sft"}
+TASK_TYPES = {"SEQ_CLS": "classification", "TOKEN_CLS": "token-classification", "CAUSAL_LM": "sft"}
 HEAD_SUFFIXES = ("classifier.weight", "score.weight")
 
 

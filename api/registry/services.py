@@ -52,6 +52,8 @@ class RegistryStateError(exceptions.APIException):
     default_code = "conflict"
 
 
+HEADED_TASKS = ("classification", "token-classification")  # a head over label names (averaged when merging)
+PREDICT_MAX_TOKENS = 512  # words per token-classification input
 ALIAS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TAG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 TAG_MAX_COUNT = 32
@@ -232,12 +234,12 @@ def adapter_version_upload(*, user: AbstractBaseUser, name: str, base_model: str
                                                param="files.adapter_model.safetensors")
             config = checks.adapter_config_read(folder / "adapter_config.json")
             task = checks.TASK_TYPES[config["task_type"]]
-            if task == "classification" and not labels:
+            if task in HEADED_TASKS and not labels:
                 labels = checks.labels_infer(shapes)
                 if not labels:
                     raise checks.AdapterCheckError("labels: give the label names of this classifier", "labels")
             expected = checks.adapter_shapes_expected(entry=entry, config=config,
-                                                      labels=labels if task == "classification" else None)
+                                                      labels=labels if task in HEADED_TASKS else None)
             checks.adapter_shapes_compare(expected=expected, got=shapes)
         except checks.AdapterCheckError as exc:
             raise RegistryInputError(str(exc), exc.param) from exc
@@ -252,7 +254,7 @@ def adapter_version_upload(*, user: AbstractBaseUser, name: str, base_model: str
             "method": str(config["peft_type"]).lower(),
             "method_config": config,
             "hyperparameters": {},
-            "labels": labels if task == "classification" else [],
+            "labels": labels if task in HEADED_TASKS else [],
             "metrics": {},
             "uploaded_by": user.get_username(),
             "trainable_parameters": sum(math.prod(s) for s in shapes.values()),
@@ -352,8 +354,9 @@ def adapter_model_card(*, metadata: dict[str, Any], adapter: str, version: int) 
         lines.append("None recorded.")
     if labels:
         lines += ["", f"Labels, in the order of the classifier's outputs: {', '.join(f'`{x}`' for x in labels)}."]
-    auto = "AutoModelForSequenceClassification" if task == "classification" else "AutoModelForCausalLM"
-    head = f', num_labels={len(labels)}' if task == "classification" and labels else ""
+    auto = {"classification": "AutoModelForSequenceClassification",
+            "token-classification": "AutoModelForTokenClassification"}.get(task, "AutoModelForCausalLM")
+    head = f', num_labels={len(labels)}' if task in HEADED_TASKS and labels else ""
     lines += [
         "",
         "## How to load it",
@@ -383,8 +386,29 @@ class InferenceError(Exception):
         self.status = status
 
 
-def adapter_predict(*, user: AbstractBaseUser, adapter: str, inputs: list[str]) -> dict[str, Any]:
-    """Resolve `name@ref` (a number, `latest` or an alias, now) and run the inputs on the inference server."""
+def _predict_inputs_check(task: str, inputs: list[Any]) -> list[Any]:
+    """classification: strings. token-classification: strings (split on whitespace) or lists of tokens, sent on
+    as lists of tokens."""
+    checked: list[Any] = []
+    for i, item in enumerate(inputs):
+        if task == "token-classification" and isinstance(item, str):
+            item = item.split()
+        if task == "classification" and not (isinstance(item, str) and item):
+            raise RegistryInputError("a classification adapter takes non-empty strings", f"inputs[{i}]")
+        if task == "token-classification" and not (
+                isinstance(item, list) and 0 < len(item) <= PREDICT_MAX_TOKENS
+                and all(isinstance(t, str) and t and len(t) <= 200 for t in item)):
+            raise RegistryInputError(f"a token-classification adapter takes a string or a list of 1 to "
+                                     f"{PREDICT_MAX_TOKENS} non-empty tokens (each at most 200 characters)",
+                                     f"inputs[{i}]")
+        checked.append(item)
+    return checked
+
+
+def adapter_predict(*, user: AbstractBaseUser, adapter: str, inputs: list[Any]) -> dict[str, Any]:
+    """Resolve `name@ref` (a number, `latest` or an alias, now) and run the inputs on the inference server.
+    Outputs: classification {"label", "scores"} per input; token-classification a list of {"token", "label",
+    "score"} per input (the first sub-token of each word decides)."""
     import urllib.error
     import urllib.request
 
@@ -392,9 +416,11 @@ def adapter_predict(*, user: AbstractBaseUser, adapter: str, inputs: list[str]) 
 
     name, _, ref = adapter.partition("@")
     version = adapter_version_get(user=user, name=name, ref=ref or "latest")
-    if version.metadata.get("task") != "classification":
-        raise RegistryInputError(f"{name}@{version.version} is a {version.metadata.get('task')!r} adapter; "
-                                 "/predict serves classification adapters", "adapter")
+    task = version.metadata.get("task")
+    if task not in HEADED_TASKS:
+        raise RegistryInputError(f"{name}@{version.version} is a {task!r} adapter; /predict serves "
+                                 f"{' and '.join(HEADED_TASKS)} adapters", "adapter")
+    inputs = _predict_inputs_check(str(task), inputs)
     body = json.dumps({"version": {"prefix": version.prefix, "files": version.files, "metadata": version.metadata},
                        "inputs": inputs}).encode()
     request = urllib.request.Request(f"{settings.INFERENCE_URL}/predict", data=body, method="POST",
@@ -456,7 +482,6 @@ DENSITY_COMBINATIONS = {c for c in LORA_COMBINATIONS if c.startswith(("ties", "d
 MERGE_COMBINATIONS = {"lora": LORA_COMBINATIONS, "lt_sft": ("sum",)}
 MERGE_MAX_SOURCES = 16
 MERGE_MAX_WEIGHT = 100.0
-HEADED_TASKS = ("classification", "token-classification")  # their heads are averaged with the merge's weights
 
 
 def _merge_sources_resolve(*, user: AbstractBaseUser, sources: list[dict[str, Any]]) -> list[AdapterVersion]:

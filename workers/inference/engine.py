@@ -25,7 +25,7 @@ from workers.inference.cache import MIXED_BATCH_TYPES, AdapterCache, Base, Loade
 @dataclass
 class Request:
     version: dict[str, Any]
-    inputs: list[str]
+    inputs: list[Any]  # texts; token-classification: lists of tokens
     future: Future
 
 
@@ -123,7 +123,7 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="inference-batcher", daemon=True)
         self._thread.start()
 
-    def predict(self, version: dict[str, Any], inputs: list[str], timeout: float = 120) -> list[dict[str, Any]]:
+    def predict(self, version: dict[str, Any], inputs: list[Any], timeout: float = 120) -> list[Any]:
         future: Future = Future()
         self.queue.put(Request(version, inputs, future))
         return future.result(timeout)
@@ -228,32 +228,40 @@ class Engine:
             for (request, _), result in zip(members, outputs, strict=True):
                 request.future.set_result(result)
 
-    def _forward(self, base: Base, members: list[tuple[Request, Loaded]]) -> list[list[dict[str, Any]]]:
+    def _forward(self, base: Base, members: list[tuple[Request, Loaded]]) -> list[list[Any]]:
         import torch
 
-        texts = [text for request, _ in members for text in request.inputs]
+        words = base.task == "token-classification"  # inputs are lists of tokens (a text: split on whitespace)
+        if words:
+            for request, _ in members:
+                request.inputs = [item.split() if isinstance(item, str) else item for item in request.inputs]
+        inputs = [item for request, _ in members for item in request.inputs]
         names = [loaded.name for request, loaded in members for _ in request.inputs]
-        self.batch_sizes = [*self.batch_sizes[-999:], len(texts)]
-        encoded = base.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=512)
+        self.batch_sizes = [*self.batch_sizes[-999:], len(inputs)]
+        encoded = base.tokenizer(inputs, return_tensors="pt", padding=True, truncation=True, max_length=512,
+                                 is_split_into_words=words)
         with torch.no_grad():
             if members[0][1].native:  # a method written here owns this base: its rows run alone, as one batch
                 logits = base.model(**encoded).logits
             elif all(loaded.peft_type in MIXED_BATCH_TYPES for _, loaded in members):
                 logits = base.model(**encoded, adapter_names=names).logits
             else:
-                logits = torch.empty(len(texts), base.model.config.num_labels)
+                logits = None
                 for name in dict.fromkeys(names):
                     rows = [i for i, n in enumerate(names) if n == name]
                     base.model.set_adapter(name)
-                    logits[rows] = base.model(**{k: v[rows] for k, v in encoded.items()}).logits
+                    part = base.model(**{k: v[rows] for k, v in encoded.items()}).logits
+                    logits = part.new_empty(len(inputs), *part.shape[1:]) if logits is None else logits
+                    logits[rows] = part
         probabilities = logits.softmax(-1)
         results, row = [], 0
         for request, loaded in members:
             answers = []
-            for _ in request.inputs:
-                scores = {label: round(float(p), 6) for label, p in zip(loaded.labels, probabilities[row], strict=True)}
-                best = max(scores.items(), key=lambda item: item[1])[0]
-                answers.append({"label": best, "scores": scores})
+            for item in request.inputs:
+                if words:
+                    answers.append(_tag(item, encoded.word_ids(row), probabilities[row], loaded.labels))
+                else:
+                    answers.append(_classify(probabilities[row], loaded.labels))
                 row += 1
             results.append(answers)
         return results
@@ -268,6 +276,29 @@ class Engine:
             "cold_load_p50_ms": round(loads[len(loads) // 2] * 1000, 2) if loads else None,
             "batch_size_p50": sizes[len(sizes) // 2] if sizes else None, "batches": len(self.batch_sizes),
         }
+
+
+def _classify(probabilities: Any, labels: list[str]) -> dict[str, Any]:
+    scores = {label: round(float(p), 6) for label, p in zip(labels, probabilities, strict=True)}
+    return {"label": max(scores.items(), key=lambda item: item[1])[0], "scores": scores}
+
+
+def _tag(tokens: list[str], word_ids: list[int | None], probabilities: Any, labels: list[str]) -> list[dict[str, Any]]:
+    """Per word: the label of its first sub-token, with that label's probability. Words past the model's 512
+    sub-tokens are cut off: label and score null."""
+    first: dict[int, int] = {}
+    for position, word in enumerate(word_ids):
+        if word is not None and word not in first:
+            first[word] = position
+    tagged = []
+    for word, token in enumerate(tokens):
+        if word not in first:
+            tagged.append({"token": token, "label": None, "score": None})
+            continue
+        p = probabilities[first[word]]
+        best = int(p.argmax())
+        tagged.append({"token": token, "label": labels[best], "score": round(float(p[best]), 6)})
+    return tagged
 
 
 def _generator(base: Base, loaded: Loaded) -> Any:

@@ -3,7 +3,8 @@ loopback by default. The web API resolves `name@ref` (aliases included, per requ
 immutable version and sends {"version": {prefix, files, metadata}, "inputs": [...]} here, so
 moving an alias switches traffic with no restart and a new version is served on first use.
 
-POST /predict   -> {"outputs": [{"label", "scores"}, ...]}
+POST /predict   -> {"outputs": [{"label", "scores"}, ...]}; token-classification versions take lists of tokens
+                   (or texts, split on whitespace) -> {"outputs": [[{"token", "label", "score"}, ...], ...]}
 POST /generate  {"version", "prompts": [...], "params": {max_tokens, temperature, top_p, stop, seed}, "stream"?}
                 -> {"outputs": [{"text", "finish_reason", "prompt_tokens", "completion_tokens"}, ...]}, or with
                    "stream": true, NDJSON events as they come: {"index", "delta"}, then {"index", "finish_reason",
