@@ -1,6 +1,8 @@
 """The one settings module. Every value comes from the environment (README.md lists them all);
 with none set, the service runs embedded: SQLite, an embedded Redis and an embedded SeaweedFS."""
 
+import logging
+import logging.config
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +240,8 @@ try:
                              level=env_str("LOG_LEVEL", "INFO"))
 except ValueError as exc:
     raise EnvError(str(exc)) from None
+logging.captureWarnings(True)  # warnings go through LOGGING too, so JSON mode writes only JSON
+logging.config.dictConfig(LOGGING)  # now, not at django.setup(): a Celery worker warns before it calls that
 
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"user": API_RATE_LIMIT}
 # The throttle's counters live in Redis, so every web process counts against the same limit.
