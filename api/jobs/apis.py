@@ -17,7 +17,13 @@ from api.jobs.selectors import (
     job_queue_eta_seconds,
     job_queue_position,
 )
-from api.jobs.services import job_cancel, job_create
+from api.jobs.services import (
+    job_cancel,
+    job_create,
+    job_input_estimate,
+    job_input_resolve,
+    worker_memory_largest,
+)
 from api.pagination import paginated_response
 from api.schema import paginated
 
@@ -33,7 +39,8 @@ class JobOutputSerializer(serializers.ModelSerializer):
         model = Job
         fields = ["id", "status", "base_model", "task", "dataset", "validation_dataset", "method",
                   "method_config", "hyperparameters", "adapter_name", "priority", "progress", "queue_position",
-                  "queue_eta_seconds", "attempts", "error", "result", "cancel_requested", "created_at", "started_at",
+                  "queue_eta_seconds", "estimate", "attempts", "error", "result", "cancel_requested", "created_at",
+                  "started_at",
                   "finished_at"]
 
     def get_progress(self, job: Job) -> dict[str, Any]:
@@ -84,6 +91,31 @@ class JobListCreateApi(APIView):
         data.is_valid(raise_exception=True)
         job = job_create(user=request.user, **data.validated_data)
         return Response(JobOutputSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobEstimateApi(APIView):
+    """What a job would cost, before submitting it: the same body as POST /jobs (adapter_name optional)."""
+
+    class InputSerializer(JobListCreateApi.InputSerializer):
+        adapter_name = serializers.CharField(max_length=64, required=False)
+
+    class OutputSerializer(serializers.Serializer):
+        estimate = serializers.DictField(help_text="tokens, steps, mean_tokens_per_row, peak_memory_bytes, "
+                                         "seconds (null until a worker of this kind has calibrated), device; "
+                                         "empty while the dataset is still validating")
+        largest_worker_memory_bytes = serializers.IntegerField(allow_null=True)
+        fits = serializers.BooleanField(help_text="false: POST /jobs would refuse this config")
+
+    @extend_schema(operation_id="jobs_estimate", request=InputSerializer, responses=OutputSerializer)
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = {k: v for k, v in data.validated_data.items() if k not in {"adapter_name", "priority"}}
+        estimate = job_input_estimate(job_input_resolve(user=request.user, **fields))
+        largest = worker_memory_largest()
+        need = estimate.get("peak_memory_bytes")
+        return Response({"estimate": estimate, "largest_worker_memory_bytes": largest,
+                         "fits": not (need and largest and need > largest)})
 
 
 class JobDetailApi(APIView):

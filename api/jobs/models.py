@@ -46,6 +46,8 @@ class Job(models.Model):
     total_steps = models.IntegerField(null=True)
     epoch = models.FloatField(default=0.0)
     eta_seconds = models.IntegerField(null=True)
+    estimate = models.JSONField(default=dict, blank=True,
+                                help_text="tokens, steps, peak_memory_bytes, seconds (null until calibrated), device")
     error_code = models.CharField(max_length=32, blank=True, choices=ErrorCode.choices)
     error_message = models.TextField(blank=True)
     error_param = models.CharField(max_length=100, blank=True)

@@ -1,3 +1,4 @@
+import dataclasses
 import enum
 import re
 from datetime import timedelta
@@ -30,6 +31,7 @@ from workers.methods.registry import (
     method_get,
     method_task_check,
 )
+from workers.training.estimate import job_estimate
 from workers.training.hyperparameters import Hyperparameters
 
 ADAPTER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -87,20 +89,29 @@ def _dataset_for(user: AbstractBaseUser, dataset_id: Any, task: str, param: str)
     return dataset
 
 
-def job_create(
+@dataclasses.dataclass(frozen=True)
+class JobInput:
+    """A new job's input, checked and resolved (defaults filled in), before anything is saved."""
+
+    base_model: str
+    task: str
+    dataset: Dataset
+    validation_dataset: Dataset | None
+    method: str
+    method_config: dict[str, Any]
+    hyperparameters: dict[str, Any]
+
+
+def job_input_resolve(
     *, user: AbstractBaseUser, base_model: str, task: str, dataset: Any, validation_dataset: Any = None,
-    method: str = "lora", method_config: Any = None, hyperparameters: Any = None, adapter_name: str,
-    priority: int = 5,
-) -> Job:
+    method: str = "lora", method_config: Any = None, hyperparameters: Any = None,
+) -> JobInput:
     try:
         entry = base_model_get(base_model)
     except LookupError as exc:
         raise JobInputError(str(exc), "base_model") from None
     if task not in entry.tasks:
         raise JobInputError(f"base model {base_model!r} supports {list(entry.tasks)}, not {task!r}", "task")
-    if not isinstance(adapter_name, str) or not ADAPTER_NAME.match(adapter_name):
-        raise JobInputError("adapter_name: 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter "
-                            "or digit", "adapter_name")
     train_set = _dataset_for(user, dataset, task, "dataset")
     eval_set = _dataset_for(user, validation_dataset, task, "validation_dataset") if validation_dataset else None
     try:
@@ -109,19 +120,79 @@ def job_create(
         resolved_hp = config_resolve(Hyperparameters, hyperparameters, param="hyperparameters")
     except ConfigError as exc:
         raise JobInputError(str(exc), exc.param) from None
-    waiting = any(d and d.status == DatasetStatus.VALIDATING for d in (train_set, eval_set))
+    return JobInput(base_model=base_model, task=task, dataset=train_set, validation_dataset=eval_set,
+                    method=method, method_config=resolved_method, hyperparameters=resolved_hp)
+
+
+def job_input_estimate(job_input: JobInput) -> dict[str, Any]:
+    """Tokens, steps and peak memory from the training set's report and the model's config; seconds when a
+    worker of this kind has calibrated (else null). Empty while the training set is still validating."""
+    stats = job_input.dataset.report.get("stats") if job_input.dataset.status == DatasetStatus.READY else None
+    if not stats or not stats.get("rows"):
+        return {}
+    return job_estimate(stats=stats, base_model=job_input.base_model, task=job_input.task,
+                        method=job_input.method, hyperparameters=job_input.hyperparameters, measure=False)
+
+
+def worker_memory_largest() -> int | None:
+    """The most memory one training process may use on any worker: the largest GPU class when GPU_QUEUES is
+    set; else the largest live train worker's device (its biggest CUDA device, or its RAM on CPU). None when
+    nothing is known (no classes declared and no train worker reporting): nothing can be refused then."""
+    from api.ops.routing import memory_fits_any_worker, train_queues
+    from api.ops.selectors import workers_list
+
+    _, largest = memory_fits_any_worker(None)
+    if largest:
+        return largest
+    sizes = []
+    for report in workers_list():
+        if set(report.get("queues", [])) & set(train_queues()):
+            devices = report.get("devices", {})
+            cuda = [d["memory_bytes"] for d in devices.get("cuda", [])]
+            sizes.append(max(cuda) if cuda else devices.get("cpu", {}).get("memory_bytes", 0))
+    return max(sizes) if sizes and all(sizes) else None
+
+
+def job_memory_check(estimate: dict[str, Any]) -> None:
+    """Refuse a job whose estimated peak memory no worker has, quoting the estimate."""
+    need, largest = estimate.get("peak_memory_bytes"), worker_memory_largest()
+    if need and largest and need > largest:
+        raise JobInputError(
+            f"this job needs an estimated {need / 2**30:.1f} GiB at peak ({estimate.get('tokens')} tokens, "
+            f"{estimate.get('steps')} steps); the largest worker has {largest / 2**30:.1f} GiB: lower "
+            "hyperparameters.batch_size or hyperparameters.max_seq_length", "hyperparameters")
+
+
+def job_create(
+    *, user: AbstractBaseUser, base_model: str, task: str, dataset: Any, validation_dataset: Any = None,
+    method: str = "lora", method_config: Any = None, hyperparameters: Any = None, adapter_name: str,
+    priority: int = 5,
+) -> Job:
+    if not isinstance(adapter_name, str) or not ADAPTER_NAME.match(adapter_name):
+        raise JobInputError("adapter_name: 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter "
+                            "or digit", "adapter_name")
+    job_input = job_input_resolve(user=user, base_model=base_model, task=task, dataset=dataset,
+                                  validation_dataset=validation_dataset, method=method,
+                                  method_config=method_config, hyperparameters=hyperparameters)
+    estimate = job_input_estimate(job_input)
+    job_memory_check(estimate)
+    waiting = any(d and d.status == DatasetStatus.VALIDATING for d in (job_input.dataset,
+                                                                         job_input.validation_dataset))
     with transaction.atomic():
         user_lock(user=user)
         active_jobs_quota_check(user=user)
         job = Job.objects.create(
-            owner=user, base_model=base_model, task=task, dataset=train_set, validation_dataset=eval_set,
-            method=method, method_config=resolved_method, hyperparameters=resolved_hp, adapter_name=adapter_name,
+            owner=user, base_model=base_model, task=task, dataset=job_input.dataset,
+            validation_dataset=job_input.validation_dataset, method=method, method_config=job_input.method_config,
+            hyperparameters=job_input.hyperparameters, adapter_name=adapter_name, estimate=estimate,
             status=JobStatus.VALIDATING_FILES if waiting else JobStatus.QUEUED, priority=priority,
             queued_at=None if waiting else timezone.now(),
         )
         job_event_add(job_id=job.id, type="created", message=f"job created: {method} on {base_model}")
         if waiting:
             job_event_add(job_id=job.id, type="validating_files", message="waiting for dataset validation")
+            # the validation may have finished since the dataset was read: look again once this job is visible
+            transaction.on_commit(lambda: jobs_release_for_dataset(dataset=job_input.dataset))
         else:
             job_event_add(job_id=job.id, type="queued", message="queued for a worker")
             _enqueue(job)
@@ -142,9 +213,20 @@ def jobs_release_for_dataset(*, dataset: Dataset) -> None:
                      message=f"dataset {bad[0].id} is invalid ({bad[0].report.get('error_count')} problems)",
                      from_states=(JobStatus.VALIDATING_FILES,))
         elif all(d.status == DatasetStatus.READY for d in datasets):
+            estimate = job_input_estimate(JobInput(
+                base_model=job.base_model, task=job.task, dataset=job.dataset,
+                validation_dataset=job.validation_dataset, method=job.method, method_config=job.method_config,
+                hyperparameters=job.hyperparameters))
+            try:
+                job_memory_check(estimate)
+            except JobInputError as exc:
+                Job.objects.filter(id=job.id).update(estimate=estimate)
+                job_fail(job_id=job.id, code=ErrorCode.INVALID_CONFIG, param=exc.param, message=str(exc),
+                         from_states=(JobStatus.VALIDATING_FILES,))
+                continue
             with transaction.atomic():
                 moved = Job.objects.filter(id=job.id, status=JobStatus.VALIDATING_FILES).update(
-                    status=JobStatus.QUEUED, queued_at=timezone.now())
+                    status=JobStatus.QUEUED, queued_at=timezone.now(), estimate=estimate)
                 if moved:
                     job_event_add(job_id=job.id, type="queued", message="files validated; queued for a worker")
                     _enqueue(job)

@@ -18,6 +18,8 @@ def test_classification_job_runs_to_a_published_version(worker: object, alice: A
                          format="json")
     assert created.status_code == 201, created.content
     assert created.data["status"] == "queued" and created.data["method_config"]["dropout"] == 0.05
+    at_submission = created.data["estimate"]  # from the report and the model's config, before any worker
+    assert at_submission["steps"] == 10 and at_submission["tokens"] > 0 and at_submission["peak_memory_bytes"] > 0
     job = job_final(alice, created.data["id"])
     assert job["status"] == "succeeded", job["error"]
     assert job["progress"] == {"step": 10, "total_steps": 10, "epoch": 2.0, "eta_seconds": 0}
@@ -25,11 +27,14 @@ def test_classification_job_runs_to_a_published_version(worker: object, alice: A
 
     events = alice.get(f"/api/v1/jobs/{job['id']}/events").data["data"]
     types = [e["type"] for e in events]
-    assert types == ["created", "queued", "started", "training", "epoch_end", "epoch_end", "evaluated",
-                     "uploading", "succeeded"]
+    assert types == ["created", "queued", "started", "training", "estimated", "epoch_end", "epoch_end",
+                     "evaluated", "uploading", "succeeded"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    later = alice.get(f"/api/v1/jobs/{job['id']}/events?after=7").data
-    assert [e["type"] for e in later["data"]] == ["uploading", "succeeded"] and later["last_seq"] == 9
+    later = alice.get(f"/api/v1/jobs/{job['id']}/events?after=8").data
+    assert [e["type"] for e in later["data"]] == ["uploading", "succeeded"] and later["last_seq"] == 10
+    estimated = next(e for e in events if e["type"] == "estimated")["data"]
+    assert estimated["steps"] == 10 and estimated["seconds"] > 0 and estimated["peak_memory_bytes"] > 0
+    assert job["estimate"] == estimated  # the worker's estimate replaces the one made at submission
 
     metrics = alice.get(f"/api/v1/jobs/{job['id']}/metrics").data["data"]
     train_rows = [m for m in metrics if m["loss"] is not None]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 
 from workers.base_models import base_model_get, model_load, tokenizer_load
 from workers.training import engine
@@ -34,22 +35,55 @@ def mean_length(token_lengths: dict[str, int], max_seq_length: int) -> float:
     return sum((q1 - q0) * (v0 + v1) / 2 for (q0, v0), (q1, v1) in zip(capped, capped[1:], strict=False))
 
 
+@functools.cache
+def model_shape(base_model: str, task: str) -> dict[str, int]:
+    """{"params", "hidden", "layers", "vocab"} of a catalogue model, read from its config and built on the meta
+    device (no weights are loaded or allocated), so the web process can estimate memory before a job runs."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from workers.base_models import _tiny_config
+
+    entry = base_model_get(base_model)
+    if entry.tiny:
+        config = _tiny_config(entry, len(tokenizer_load(entry)))
+    else:
+        config = AutoConfig.from_pretrained(entry.source, revision=entry.revision, trust_remote_code=False)
+    auto = AutoModelForCausalLM if task == "sft" else AutoModelForSequenceClassification
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    return {"params": sum(p.numel() for p in model.parameters()), "hidden": config.hidden_size,
+            "layers": config.num_hidden_layers, "vocab": config.vocab_size}
+
+
 def _calibration_path(base_model: str, device: str) -> Path:
     bf16 = "bf16" if engine.bf16_worthwhile(device) else "fp32"
     name = f"{base_model}-{device}-{engine.threads_configure()}t-{bf16}.json"
     return Path(settings.VAR_DIR) / "cache" / "calibration" / name
 
 
-@functools.cache
-def calibration(base_model: str, device: str = "cpu") -> dict[str, float]:
-    """{"per_token": s, "per_step": s, "params": n, "hidden": h, "layers": l, "vocab": v} for this worker,
-    measured once and cached on disk."""
+def calibration_known(base_model: str, device: str = "cpu") -> dict[str, float] | None:
+    """A calibration measured before, on this machine (disk) or by any worker of the same kind (the shared
+    cache, where workers publish theirs so the web process can quote times before a job runs)."""
     path = _calibration_path(base_model, device)
     if path.exists():
         return dict(json.loads(path.read_text()))
-    result = _calibrate(base_model, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    shared = cache.get(f"calibration:{path.stem}")
+    return dict(shared) if shared else None
+
+
+@functools.cache
+def calibration(base_model: str, device: str = "cpu") -> dict[str, float]:
+    """{"per_token": s, "per_step": s, "params": n, "hidden": h, "layers": l, "vocab": v} for this worker,
+    measured once and cached on disk and in the shared cache."""
+    path = _calibration_path(base_model, device)
+    if path.exists():
+        result = dict(json.loads(path.read_text()))
+    else:
+        result = _calibrate(base_model, device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+    cache.set(f"calibration:{path.stem}", result, timeout=None)
     return result
 
 
@@ -99,7 +133,8 @@ def job_estimate(*, stats: dict[str, Any], base_model: str, task: str, method: s
     Args:
         stats: Dataset.report["stats"] of the training set: rows and token_lengths percentiles.
         trainable_parameters: when known (after build); else 2% of the base, a LoRA-sized guess.
-        measure: calibrate now when no calibration is cached; False returns seconds None instead.
+        measure: calibrate now when no calibration is cached; False returns seconds None instead (memory needs
+            no calibration: it comes from the model's config).
     """
     hp = Hyperparameters(**hyperparameters)
     device = device or engine.device_pick()
@@ -110,22 +145,22 @@ def job_estimate(*, stats: dict[str, Any], base_model: str, task: str, method: s
     mean = mean_length(lengths, hp.max_seq_length)
     tokens = math.ceil(rows * mean * hp.epochs)
     steps = math.ceil(hp.epochs * math.ceil(rows / hp.batch_size))
-    cal = calibration(base_model, device) if measure or _calibration_path(base_model, device).exists() else None
+    cal = calibration(base_model, device) if measure else calibration_known(base_model, device)
     seconds = None
-    memory = None
     if cal is not None:
         seconds = round(cal["per_token"] * tokens * PADDING_ALLOWANCE + cal["per_step"] * steps, 1)
-        longest = min(lengths["max"], hp.max_seq_length)
-        # classification: the worst batch is batch_size rows of the longest length; sft batches are packed,
-        # so a batch holds its rows' own tokens (1.5 x the mean allows for a batch of long rows)
-        batch_tokens = hp.batch_size * (longest if task == "classification" else min(1.5 * mean, longest))
-        trainable = trainable_parameters or int(0.02 * cal["params"])
-        act_bytes = 2 if engine.bf16_worthwhile(device) else 4
-        # per layer ~17 activations of width h per token kept for backward (Korthikanti et al. 2022, 34 bytes in
-        # 16-bit), and the logits with their gradient for sft
-        activations = batch_tokens * cal["layers"] * cal["hidden"] * 17 * act_bytes
-        logits = batch_tokens * cal["vocab"] * 4 * 2 if task == "sft" else 0
-        memory = int(cal["params"] * 4 + trainable * 4 * 3 + activations + logits)
+    shape = model_shape(base_model, task)
+    longest = min(lengths["max"], hp.max_seq_length)
+    # classification: the worst batch is batch_size rows of the longest length; sft batches are packed,
+    # so a batch holds its rows' own tokens (1.5 x the mean allows for a batch of long rows)
+    batch_tokens = hp.batch_size * (longest if task != "sft" else min(1.5 * mean, longest))
+    trainable = trainable_parameters or int(0.02 * shape["params"])
+    act_bytes = 2 if engine.bf16_worthwhile(device) else 4
+    # per layer ~17 activations of width h per token kept for backward (Korthikanti et al. 2022, 34 bytes in
+    # 16-bit), and the logits with their gradient for sft
+    activations = batch_tokens * shape["layers"] * shape["hidden"] * 17 * act_bytes
+    logits = batch_tokens * shape["vocab"] * 4 * 2 if task == "sft" else 0
+    memory = int(shape["params"] * 4 + trainable * 4 * 3 + activations + logits)
     return {"tokens": tokens, "steps": steps, "mean_tokens_per_row": round(mean, 1), "peak_memory_bytes": memory,
             "seconds": seconds, "device": device, "method": method,
             "basis": "calibrated per_token x tokens x 1.10 + per_step x steps" if cal else "no calibration yet"}
