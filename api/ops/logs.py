@@ -49,8 +49,9 @@ class JobContextFilter(logging.Filter):
     """Adds `job_id` (int or None) and `job_tag` (" [job N]" or "") to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.job_id = _job_id_of(record)
-        record.job_tag = f" [job {record.job_id}]" if record.job_id is not None else ""
+        job_id = _job_id_of(record)
+        record.job_id = job_id
+        record.job_tag = f" [job {job_id}]" if job_id is not None else ""
         return True
 
 
