@@ -168,9 +168,9 @@ def test_ssf_merged_equals_unmerged(bias: bool) -> None:
 def test_mixlora_routes_each_token_to_its_top_k_and_balances_by_the_formula() -> None:
     from workers.methods.mixlora.model import MixLoraFfn
 
+    torch.manual_seed(0)  # the router's initial weights: unseeded, the test passed or failed at random
     _, model = _build("mixlora", "sft", num_experts=4, top_k=2, r=2, aux_loss_coef=0.5)
     layer = next(m for m in model.modules() if isinstance(m, MixLoraFfn))
-    torch.manual_seed(0)
     with torch.no_grad():
         for b in layer.lora_B.values():
             b.normal_()
@@ -183,7 +183,8 @@ def test_mixlora_routes_each_token_to_its_top_k_and_balances_by_the_formula() ->
         top = sorted(range(4), key=lambda e: -float(probs[t, e]))[:2]
         counts[top] += 1
         expected = sum(probs[t, e] / probs[t, top].sum() * layer.expert(flat[t : t + 1], e)[0] for e in top)
-        assert torch.allclose(out.reshape(-1, 32)[t], expected, atol=1e-5)
+        # outputs of size ~10 (B ~ N(0, 1)) summed in another order: float32 rounding reaches ~2e-4
+        assert torch.allclose(out.reshape(-1, 32)[t], expected, atol=1e-3)
     balance = 4 * sum(counts[e] / (flat.shape[0] * 2) * probs[:, e].mean() for e in range(4))
     assert torch.allclose(layer.balance, balance, atol=1e-6)
     model.train()
