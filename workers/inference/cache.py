@@ -7,7 +7,6 @@ loaded by the method's load(); its bytes in the cache are the whole model's."""
 
 import hashlib
 import json
-import re
 import tempfile
 import threading
 import time
@@ -80,17 +79,20 @@ class AdapterCache:
         task, labels = metadata["task"], list(metadata.get("labels") or [])
         base_key = (metadata["base_model"]["id"], task, len(labels))
         name = "a" + hashlib.sha256(version["prefix"].encode()).hexdigest()[:16]
+        files = _fetch(version)
+        config = json.loads(files["adapter_config.json"])
+        size = len(files["adapter_model.safetensors"])
+        base = self.bases.get(base_key)
+        if base is not None and not config.get("foundry_method") and _lora_attach(base.model, name, config,
+                                                                                  files["adapter_model.safetensors"]):
+            return Loaded(name=name, base_key=base_key, bytes=size, peft_type="LORA", labels=labels)
         with tempfile.TemporaryDirectory(prefix="foundry-infer-") as tmp:
             folder = Path(tmp)
-            for entry in version["files"]:
-                if entry["name"] in {"adapter_config.json", "adapter_model.safetensors"}:
-                    s3.download_file(version["prefix"] + entry["name"], folder / entry["name"], sha256=entry["sha256"])
-            config_text = (folder / "adapter_config.json").read_text()
-            native = json.loads(config_text).get("foundry_method")
-            if native:
-                return self._load_native(str(native), folder, base_key=(*base_key, name), name=name, labels=labels)
-            peft_type = re.search(r'"peft_type":\s*"(\w+)"', config_text)
-            base = self.bases.get(base_key)
+            for file_name, data in files.items():
+                (folder / file_name).write_bytes(data)
+            if config.get("foundry_method"):
+                return self._load_native(str(config["foundry_method"]), folder, base_key=(*base_key, name), name=name,
+                                         labels=labels)
             if base is None:
                 entry = base_model_get(base_key[0])
                 tokenizer = tokenizer_load(entry)
@@ -100,9 +102,9 @@ class AdapterCache:
             else:
                 with torch.no_grad():
                     base.model.load_adapter(folder, adapter_name=name)
-            size = sum(e["size"] for e in version["files"] if e["name"] == "adapter_model.safetensors")
-        return Loaded(name=name, base_key=base_key, bytes=size, peft_type=peft_type.group(1) if peft_type else "",
-                      labels=labels)
+        # peft refuses per-row adapter_names for DoRA: such a version's rows run in a group of their own
+        peft_type = "DORA" if config.get("use_dora") else str(config.get("peft_type") or "")
+        return Loaded(name=name, base_key=base_key, bytes=size, peft_type=peft_type, labels=labels)
 
     def _load_native(self, method_name: str, folder: Path, *, base_key: tuple[Any, ...], name: str,
                      labels: list[str]) -> Loaded:
@@ -134,3 +136,83 @@ class AdapterCache:
             else:
                 del self.bases[loaded.base_key]  # its last adapter: free the base too
             self.stats.evictions += 1
+
+
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _fetch(version: dict[str, Any]) -> dict[str, bytes]:
+    """The version's config and weights, fetched from S3 in parallel into memory, each checked against its sha256."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    entries = [e for e in version["files"] if e["name"] in FILES]
+    if sorted(e["name"] for e in entries) != sorted(FILES):
+        raise ValueError(f"{version['prefix']}: the version lacks {sorted(FILES)}")
+
+    def get(entry: dict[str, Any]) -> bytes:
+        data = s3.get_bytes(version["prefix"] + entry["name"])
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise s3.StorageError(f"{version['prefix']}{entry['name']}: stored bytes do not match their sha256")
+        return data
+
+    with ThreadPoolExecutor(len(entries)) as pool:
+        return dict(zip((e["name"] for e in entries), pool.map(get, entries), strict=True))
+
+
+PREFIX = "base_model.model."
+
+
+def _lora_attach(model: Any, name: str, config: dict[str, Any], weights: bytes) -> bool:
+    """Add a plain LoRA adapter to a PeftModel whose target layers are LoRA layers already: each layer gets the new
+    A and B directly, and each head wrapper (modules_to_save) its copy, without peft's load_adapter walking and
+    re-injecting the whole model (whose cost grows with the adapters already loaded). Returns False, having changed
+    nothing, when the adapter needs peft's own path (DoRA, rank or alpha patterns, biases, a layer not yet adapted,
+    another peft type)."""
+    import peft
+    import torch
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.utils import ModulesToSaveWrapper
+    from safetensors.torch import load as safetensors_load
+
+    if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("rank_pattern") or config.get(
+            "alpha_pattern") or config.get("lora_bias") or config.get("trainable_token_indices") or config.get(
+            "target_parameters"):
+        return False
+    tensors = safetensors_load(weights)
+    root = model.base_model.model
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    heads: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(PREFIX):
+            return False
+        rest = key.removeprefix(PREFIX)
+        if ".lora_" in rest:
+            path, _, leaf = rest.rpartition(".lora_")
+            layers.setdefault(path, {})["lora_" + leaf] = tensor
+        else:
+            path, _, leaf = rest.rpartition(".")
+            heads.setdefault(path, {})[leaf] = tensor
+    targets = {path: root.get_submodule(path) for path in [*layers, *heads]}
+    if any(not isinstance(targets[p], LoraLinear) or set(t) != {"lora_A.weight", "lora_B.weight"}
+           for p, t in layers.items()) or any(not isinstance(targets[p], ModulesToSaveWrapper) for p in heads):
+        return False
+    lora_config = peft.LoraConfig(**{k: v for k, v in config.items() if k in peft.LoraConfig.__dataclass_fields__})
+    lora_config.init_lora_weights, lora_config.lora_dropout, lora_config.inference_mode = False, 0.0, True
+    with torch.no_grad():
+        for path, pair in layers.items():
+            layer = targets[path]
+            a, b = pair["lora_A.weight"], pair["lora_B.weight"]
+            layer.update_layer(name, a.shape[0], lora_config.lora_alpha, lora_config)
+            layer.lora_A[name].weight.copy_(a)
+            layer.lora_B[name].weight.copy_(b)
+            layer.lora_A[name].requires_grad_(False)
+            layer.lora_B[name].requires_grad_(False)
+        for path, params in heads.items():
+            wrapper = targets[path]
+            wrapper.update(name)
+            head = wrapper.modules_to_save[name]
+            for param_name, value in params.items():
+                head.get_parameter(param_name).copy_(value)
+            head.requires_grad_(False)
+    model.peft_config[name] = lora_config
+    return True
