@@ -34,6 +34,18 @@ def test_expired_and_revoked_tokens_are_refused(alice: APIClient) -> None:
     assert client.get("/api/v1/jobs").status_code == 401
 
 
+def test_token_use_is_written_once_a_minute_not_on_every_request(alice: APIClient) -> None:
+    row = ApiToken.objects.get(user=alice.user)  # type: ignore[attr-defined]
+    assert alice.get("/api/v1/jobs").status_code == 200
+    first = ApiToken.objects.get(id=row.id).last_used_at
+    assert first is not None
+    assert alice.get("/api/v1/jobs").status_code == 200
+    assert ApiToken.objects.get(id=row.id).last_used_at == first  # no write on the polling path
+    ApiToken.objects.filter(id=row.id).update(last_used_at=first - timedelta(minutes=2))
+    assert alice.get("/api/v1/jobs").status_code == 200
+    assert ApiToken.objects.get(id=row.id).last_used_at > first
+
+
 def test_50_concurrent_submissions_against_a_quota_of_2_create_exactly_2(transactional_db: None, bucket: None) -> None:
     from tests.conftest import make_client
 
