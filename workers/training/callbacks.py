@@ -102,7 +102,8 @@ class JobProgressCallback(TrainerCallback):
             return
         now = time.monotonic()
         last_time, last_step = self._last
-        samples = (state.global_step - last_step) * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        samples = ((state.global_step - last_step) * args.per_device_train_batch_size * args.gradient_accumulation_steps
+                   * args.world_size)  # every process's share of the batch
         tokens_per_second = samples * self.tokens_per_example / (now - last_time) if now > last_time else None
         if "loss" in logs:
             self._last = (now, state.global_step)

@@ -11,3 +11,6 @@ class Hyperparameters(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     warmup_ratio: float = Field(0.0, ge=0, le=0.5)
     weight_decay: float = Field(0.0, ge=0, le=1.0)
+    processes: int = Field(1, ge=1, le=8, description="Training processes on one worker (DDP through accelerate): "
+                           "one per GPU on a CUDA worker, CPU processes otherwise. batch_size is the total over "
+                           "all of them.")

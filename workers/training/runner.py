@@ -23,6 +23,7 @@ from api.jobs import services
 from api.jobs.models import ACTIVE_STATES, ErrorCode, Job, JobStatus
 from api.registry.services import adapter_version_publish
 from storage import keys, s3
+from workers import distributed
 from workers.base_models import base_model_get, tokenizer_load
 from workers.methods.registry import ConfigError, method_get
 from workers.training import engine
@@ -176,52 +177,31 @@ def _train(job: Job, *, token: str, lease_lost: threading.Event) -> None:
                                         sha256=job.dataset.sha256)
         eval_rows = engine.rows_encode(tokenizer, job.task, eval_examples, hp.max_seq_length, label2id,
                                        sha256=job.validation_dataset.sha256 if job.validation_dataset else None)
-        engine.threads_configure()
-        model = engine.model_build(entry, method, job.method_config, task=job.task, tokenizer=tokenizer,
-                                   labels=labels, train_rows=train_rows, hp=hp)
-        trainable, total = model.get_nb_trainable_parameters()
-        device = engine.device_pick()
-        callback = JobProgressCallback(
-            job.id, tokens_per_example=sum(len(r["input_ids"]) for r in train_rows) / len(train_rows),
-            lease_lost=lease_lost,
-        )
-        resume = _resume_point(job, tmp)
-        services.job_event_add(
-            job_id=job.id, type="training", message=f"training {job.method} on {len(train_rows)} examples, {device}",
-            data={"examples": len(train_rows), "trainable_parameters": trainable, "total_parameters": total,
-                  "device": device, "bf16": engine.bf16_worthwhile(device) and engine.autocast_safe(model)},
-        )
-
-        _estimate_record(job, trainable=trainable, device=device)
-
-        def oom_record(retry: engine.OomRetry) -> None:
-            services.job_event_add(
-                job_id=job.id, type="oom_retry", level="warning",
-                message=f"out of memory; retrying with micro-batch {retry.micro_batch} and gradient accumulation "
-                        f"{retry.accumulation} (same effective batch {hp.batch_size})",
-                data={"micro_batch": retry.micro_batch, "accumulation": retry.accumulation, "error": retry.error})
-
-        trainer = engine.trainer_fit(
-            model, task=job.task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=eval_rows,
-            out=tmp / "trainer", device=device, resume=resume, on_oom=oom_record,
-            training_step=method.training_step,
-            callbacks=[callback, *([MethodStepCallback(method.after_step)] if method.after_step else [])],
-        )
-        if callback.stop_reason:
-            _after_stop(job, callback.stop_reason, token, trainer.state.global_step)
+        if hp.processes > 1:
+            distributed.processes_check(method, hp.processes, engine.device_pick())
+            model, fit = None, distributed.job_fit(  # rank 0 saves the adapter
+                job, processes=hp.processes, labels=labels, train_rows=train_rows, eval_rows=eval_rows,
+                work=tmp / "ddp", out=tmp / "trainer", adapter=tmp / "adapter", resume=_resume_point(job, tmp),
+                lease_lost=lease_lost)
+        else:
+            model, fit = _fit_here(job, hp, entry, method, tokenizer=tokenizer, labels=labels, train_rows=train_rows,
+                                   eval_rows=eval_rows, tmp=tmp, lease_lost=lease_lost)
+        if fit.stop_reason:
+            _after_stop(job, fit.stop_reason, token, fit.step)
             return
-        final = _final_metrics(trainer)
+        final = _final_metrics(fit.history)
         if final:
             services.job_event_add(job_id=job.id, type="evaluated", message=_describe(final), data=final)
         if not services.job_transition(job_id=job.id, from_state=JobStatus.RUNNING, to_state=JobStatus.UPLOADING,
                                        message="saving the adapter to the registry", lease_owner=token):
             return
         out = tmp / "adapter"
-        method.save(model, str(out))
+        if model is not None:
+            method.save(model, str(out))
         (out / "README.md").unlink(missing_ok=True)  # peft's stub; publishing writes the real model card
         _base_name_record(out / "adapter_config.json", entry.hub_id or entry.id)
-        lineage = _lineage(job, entry, labels, final, trainable)  # publishing writes it as foundry.json
-        del trainer, model
+        lineage = _lineage(job, entry, labels, final, fit.trainable)  # publishing writes it as foundry.json
+        del model
         _free_memory()
         version = _publish_with_retry(job, out, lineage, lease_lost)
         if version is None:
@@ -231,6 +211,45 @@ def _train(job: Job, *, token: str, lease_lost: threading.Event) -> None:
             message=f"published {job.adapter_name} version {version.version}",
             data={"adapter": job.adapter_name, "version": version.version},
         )
+
+
+def _fit_here(job: Job, hp: Hyperparameters, entry: Any, method: Any, *, tokenizer: Any, labels: list[str],
+              train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], tmp: Path,
+              lease_lost: threading.Event) -> tuple[Any, distributed.Result]:
+    """Train in this process; the trained model and how training went."""
+    engine.threads_configure()
+    model = engine.model_build(entry, method, job.method_config, task=job.task, tokenizer=tokenizer,
+                               labels=labels, train_rows=train_rows, hp=hp)
+    trainable, total = model.get_nb_trainable_parameters()
+    device = engine.device_pick()
+    callback = JobProgressCallback(
+        job.id, tokens_per_example=sum(len(r["input_ids"]) for r in train_rows) / len(train_rows),
+        lease_lost=lease_lost,
+    )
+    resume = _resume_point(job, tmp)
+    services.job_event_add(
+        job_id=job.id, type="training", message=f"training {job.method} on {len(train_rows)} examples, {device}",
+        data={"examples": len(train_rows), "trainable_parameters": trainable, "total_parameters": total,
+              "device": device, "bf16": engine.bf16_worthwhile(device) and engine.autocast_safe(model)},
+    )
+
+    _estimate_record(job, trainable=trainable, device=device)
+
+    def oom_record(retry: engine.OomRetry) -> None:
+        services.job_event_add(
+            job_id=job.id, type="oom_retry", level="warning",
+            message=f"out of memory; retrying with micro-batch {retry.micro_batch} and gradient accumulation "
+                    f"{retry.accumulation} (same effective batch {hp.batch_size})",
+            data={"micro_batch": retry.micro_batch, "accumulation": retry.accumulation, "error": retry.error})
+
+    trainer = engine.trainer_fit(
+        model, task=job.task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=eval_rows,
+        out=tmp / "trainer", device=device, resume=resume, on_oom=oom_record,
+        training_step=method.training_step,
+        callbacks=[callback, *([MethodStepCallback(method.after_step)] if method.after_step else [])],
+    )
+    return model, distributed.Result(stop_reason=callback.stop_reason, step=trainer.state.global_step,
+                                     history=trainer.state.log_history, trainable=trainable)
 
 
 def _estimate_record(job: Job, *, trainable: int, device: str) -> None:
@@ -274,8 +293,7 @@ def _base_name_record(config_path: Path, name: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def _final_metrics(trainer: Any) -> dict[str, float]:
-    history = trainer.state.log_history
+def _final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     evals = [h for h in history if "eval_loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
     final: dict[str, float] = {}
