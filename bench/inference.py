@@ -250,7 +250,7 @@ def bench_generation(tmp: Path, reps: int) -> dict[str, Any]:
     tokenizer = tokenizer_load(base_model_get("tiny-llama"))
     tokenizer.padding_side = "left"
     prompts = [f"Question {i}: what is the best thing about item {i}?" for i in range(8)]
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
     steps = 32
 
     def run(names: list[str], new: int) -> float:
@@ -354,15 +354,15 @@ def main() -> None:
         if "many" in only:
             results["many_adapters"] = bench_many(tmp, 200 if args.quick else 1000, 400 if args.quick else 2000)
             print(json.dumps(results["many_adapters"]), flush=True)
-    finally:
+    finally:  # the sections that finished are written even when a later one fails
         from storage import embedded
 
         embedded.stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "inference-quick.json" if args.quick else "inference.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2, sort_keys=True))
-    print(f"wrote {RESULTS / name}")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        name = "inference-quick.json" if args.quick else "inference.json"
+        (RESULTS / name).write_text(json.dumps(results, indent=2, sort_keys=True))
+        print(f"wrote {RESULTS / name}")
 
 
 if __name__ == "__main__":
