@@ -377,6 +377,7 @@ def examples_train(*, base_model: str, task: str, method_name: str, method_confi
     """What a job does between downloading its datasets and publishing, on examples in memory: encode, build
     the method's model, train (timed: trainer_fit alone), evaluate. For benchmarks and tests."""
     from workers.methods.registry import config_resolve, method_get
+    from workers.training.callbacks import MethodStepCallback
 
     entry, method = base_model_get(base_model), method_get(method_name)
     config = config_resolve(method.config, method_config, param="method_config")
@@ -388,9 +389,10 @@ def examples_train(*, base_model: str, task: str, method_name: str, method_confi
     threads_configure()
     model = model_build(entry, method, config, task=task, tokenizer=tokenizer, labels=labels,
                         train_rows=train_rows, hp=hp)
-    started = time.perf_counter()
+    started = time.perf_counter()  # the method's own step and after-step work, as in a job (MeZO, LT-SFT, LISA)
     trainer = trainer_fit(model, task=task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=[],
-                          out=out, device=device_pick())
+                          out=out, device=device_pick(), training_step=method.training_step,
+                          callbacks=[MethodStepCallback(method.after_step)] if method.after_step else [])
     seconds = time.perf_counter() - started
     metrics = trainer.evaluate(Rows(eval_rows)) if eval_rows else {}
     return Fit(trainer, seconds, sum(len(r["input_ids"]) for r in train_rows), len(train_rows), metrics)
