@@ -86,6 +86,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # A file, not memory: worker threads and processes in tests must see the same database.
         TEST={"NAME": str(VAR_DIR / "test.sqlite3")},
     )
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Under ASGI each request runs in a thread of its own, so persistent per-thread connections pile up until
+    # PostgreSQL refuses more (and each new one forks a backend): one bounded pool per process instead.
+    DATABASES["default"].update(CONN_MAX_AGE=0, OPTIONS={"pool": {
+        "min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 8, minimum=1), "timeout": 30}})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -12,8 +12,8 @@ What it does, all on loopback and bounded in time (setup, then runs x (warm-up +
   the services (no training: no worker consumes the queue, so submitted jobs stay queued in Redis);
 - the web server exactly as `manage.py launch` starts it (uvicorn api.asgi:application), plus `--web-workers`;
 - each client, in a loop until the time is up: GET /jobs/{id} (poll), GET /jobs/{id}/events?after=N
-  (poll events), GET /jobs (list) and POST /jobs (submit), in the mix of MIX, waiting think-ms (uniform
-  0..2x) between requests like a UI or a script polling does (`--think-ms 0`: closed loop, saturation).
+  (poll events), GET /jobs (list) and POST /jobs (submit), in the mix of MIX, waiting think-ms (default 500,
+  uniform 0..2x) between requests: twice the rate of `foundry jobs watch` (1 s), four times the UI's (2 s) (`--think-ms 0`: closed loop, saturation).
 
 Prints p50/p99 latency and throughput per request type and writes bench/results/api_load.json
 (`--out` to change). The load generator runs on the same 2 cores as the server: its CPU counts against it.
@@ -117,6 +117,21 @@ async def server_wait(base: str, timeout: float = 60) -> None:
     raise SystemExit(f"the web server did not answer /api/v1/health on {base} within {timeout} s")
 
 
+async def server_warm(base: str, fixture: dict[str, Any]) -> None:
+    """One request of each kind, one at a time: the first submission imports the model code (seconds)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {fixture['token']}"}
+    async with httpx.AsyncClient(base_url=f"{base}/api/v1", headers=headers, timeout=60) as http:
+        job_id = fixture["jobs"][0]
+        for response in [await http.get(f"/jobs/{job_id}"), await http.get(f"/jobs/{job_id}/events"),
+                         await http.get("/jobs"),
+                         await http.post("/jobs", json={**JOB, "dataset": fixture["dataset"], "adapter_name": "warm"})]:
+            if response.status_code >= 300:
+                raise SystemExit(f"warm-up: {response.request.method} {response.request.url} answered "
+                                 f"{response.status_code}: {response.text[:300]}")
+
+
 async def client_loop(base: str, fixture: dict[str, Any], until: float, record_from: float, think: float,
                       samples: dict[str, list[float]], errors: dict[str, int], seed: int) -> None:
     import httpx
@@ -210,7 +225,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each run")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--think-ms", type=float, default=250, help="mean pause between a client's requests")
+    parser.add_argument("--think-ms", type=float, default=500, help="mean pause between a client's requests")
     parser.add_argument("--web-workers", type=int, default=1, help="uvicorn --workers (the launcher runs 1)")
     parser.add_argument("--database", default="foundry_bench")
     parser.add_argument("--out", type=Path, default=RESULTS / "api_load.json")
@@ -236,6 +251,7 @@ def main() -> None:
         server = server_start(env, web_port, args.web_workers)
         base = f"http://127.0.0.1:{web_port}"
         asyncio.run(server_wait(base))
+        asyncio.run(server_warm(base, fixtures[0]))
         runs = []
         for run in range(args.runs):
             result = asyncio.run(run_once(base, fixtures, args.seconds, args.warmup, args.think_ms / 1000, run))
