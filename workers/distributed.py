@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,12 +34,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from django.conf import settings
-from django.db import connection
-from transformers import TrainerCallback
+import django
 
-from storage.embedded import free_port
-from workers.training.callbacks import JobProgressCallback, StopReason, worker_shutting_down
+if __name__ == "__main__":  # a rank, started by accelerate: Django before the modules that use its models
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
+    django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from storage.embedded import free_port  # noqa: E402
+from workers.training.callbacks import JobProgressCallback, StopReason, worker_shutting_down  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ PARENT_PID = "FOUNDRY_DDP_PARENT_PID"
 FORWARDED = ("CHECKPOINT_EVERY_STEPS", "CHECKPOINT_EVERY_SECONDS", "CHECKPOINT_KEEP", "JOB_TIME_LIMIT_SECONDS",
              "TRAIN_DEVICE")
 STOP_GRACE_SECONDS = 30
+EXCEPTION_LINE = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*(?:: .*)?$")  # a traceback's last line
 
 
 class DistributedError(RuntimeError):
@@ -105,10 +113,16 @@ def job_fit(job: Any, *, processes: int, labels: list[str], train_rows: list[dic
     if proc.returncode != 0 or not (work / RESULT).exists():
         tail = (work / LOG).read_text(errors="replace")[-3000:]
         log.error("job %s: the training processes failed (exit %s):\n%s", job.id, proc.returncode, tail)
-        last = [line for line in tail.splitlines() if line.strip()][-3:]
         raise DistributedError(f"training in {processes} processes failed (exit {proc.returncode}): "
-                               + " | ".join(last)[-800:])
+                               f"{_rank_error(tail)}")
     return Result(**json.loads((work / RESULT).read_text()))
+
+
+def _rank_error(output: str) -> str:
+    """The exception a rank died of (the launcher's own ChildFailedError summary says nothing)."""
+    errors = [line.strip() for line in output.splitlines()
+              if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line]
+    return (errors[-1] if errors else output.strip().splitlines()[-1] if output.strip() else "no output")[:800]
 
 
 def _launch_argv(job_id: int, processes: int, *, work: Path, out: Path, adapter: Path,
@@ -303,10 +317,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--resume")
     args = parser.parse_args(argv)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
-    import django
-
-    django.setup()
     from api.ops.logs import job_id_var
 
     job_id_var.set(args.job_id)
