@@ -95,6 +95,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
 def test_estimate_counts_tokens_steps_memory_and_time() -> None:
     stats = {"rows": 1000, "token_lengths": {"p50": 10, "p90": 20, "p95": 30, "p99": 40, "max": 200}}
     assert estimate.mean_length(stats["token_lengths"], 128) == pytest.approx(13.24, abs=0.01)
+    estimate.calibration.cache_clear()  # measured afresh under this test's VAR_DIR
     result = estimate.job_estimate(stats=stats, base_model="tiny-bert", task="classification", method="lora",
                                    hyperparameters={"epochs": 2, "batch_size": 32}, device="cpu")
     assert result["steps"] == 64

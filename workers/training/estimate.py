@@ -62,20 +62,17 @@ def _calibration_path(base_model: str, device: str) -> Path:
     return Path(settings.VAR_DIR) / "cache" / "calibration" / name
 
 
-def calibration_known(base_model: str, device: str = "cpu") -> dict[str, float] | None:
-    """A calibration measured before, on this machine (disk) or by any worker of the same kind (the shared
-    cache, where workers publish theirs so the web process can quote times before a job runs)."""
-    path = _calibration_path(base_model, device)
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    shared = cache.get(f"calibration:{path.stem}")
+def calibration_known(base_model: str, device: str = "cpu") -> dict[str, Any] | None:
+    """The calibration a worker of this kind last published in the shared cache, for the web process to quote
+    times before a job runs. Reads only: nothing is measured here (the web must not benchmark matmuls)."""
+    shared = cache.get(f"calibration:{base_model}-{device}")
     return dict(shared) if shared else None
 
 
 @functools.cache
-def calibration(base_model: str, device: str = "cpu") -> dict[str, float]:
-    """{"per_token": s, "per_step": s, "params": n, "hidden": h, "layers": l, "vocab": v} for this worker,
-    measured once and cached on disk and in the shared cache."""
+def calibration(base_model: str, device: str = "cpu") -> dict[str, Any]:
+    """{"per_token": s, "per_step": s, "params": n, "hidden": h, "layers": l, "vocab": v, "bf16": b} for this
+    worker, measured once and cached on disk; published in the shared cache for calibration_known."""
     path = _calibration_path(base_model, device)
     if path.exists():
         result = dict(json.loads(path.read_text()))
@@ -83,7 +80,8 @@ def calibration(base_model: str, device: str = "cpu") -> dict[str, float]:
         result = _calibrate(base_model, device)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
-    cache.set(f"calibration:{path.stem}", result, timeout=None)
+    result["bf16"] = engine.bf16_worthwhile(device)
+    cache.set(f"calibration:{base_model}-{device}", result, timeout=None)
     return result
 
 
@@ -155,7 +153,7 @@ def job_estimate(*, stats: dict[str, Any], base_model: str, task: str, method: s
     # so a batch holds its rows' own tokens (1.5 x the mean allows for a batch of long rows)
     batch_tokens = hp.batch_size * (longest if task != "sft" else min(1.5 * mean, longest))
     trainable = trainable_parameters or int(0.02 * shape["params"])
-    act_bytes = 2 if engine.bf16_worthwhile(device) else 4
+    act_bytes = 2 if cal and cal.get("bf16") else 4  # fp32 (the upper bound) until a worker says otherwise
     # per layer ~17 activations of width h per token kept for backward (Korthikanti et al. 2022, 34 bytes in
     # 16-bit), and the logits with their gradient for sft
     activations = batch_tokens * shape["layers"] * shape["hidden"] * 17 * act_bytes

@@ -74,7 +74,7 @@ function clearErrors(form) {
   form.querySelectorAll("[aria-invalid]").forEach((n) => n.removeAttribute("aria-invalid"));
 }
 
-function showError(form, error) {
+function showError(form, error, {focus = true} = {}) {
   const message = error && error.message ? error.message : "something went wrong";
   let param = error && error.param ? String(error.param) : "";
   let wrap = null;
@@ -87,8 +87,8 @@ function showError(form, error) {
   const control = wrap.querySelector(":scope > input, :scope > select, :scope > textarea");
   if (control && wrap.dataset.param !== "__form__") {
     control.setAttribute("aria-invalid", "true");
-    control.focus();
-  } else {
+    if (focus) control.focus();
+  } else if (focus) {
     slot.setAttribute("tabindex", "-1");
     slot.focus();
   }

@@ -69,20 +69,58 @@
   $("method").addEventListener("change", () => { $("method").dataset.touched = "1"; onMethod(); });
   onModel();
 
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    const body = {
+  function body() {
+    return {
       adapter_name: $("adapter_name").value.trim(), base_model: $("base_model").value, task: $("task").value,
       dataset: $("dataset").value ? Number($("dataset").value) : null,
       validation_dataset: $("validation_dataset").value ? Number($("validation_dataset").value) : null,
       method: $("method").value, method_config: methodForm ? methodForm.read() : {},
       hyperparameters: hpForm.read(), priority: $("priority").value === "" ? 5 : Number($("priority").value),
     };
-    if (!body.adapter_name) { showError(form, {param: "adapter_name", message: "Name the adapter."}); return; }
-    if (!body.dataset) { showError(form, {param: "dataset", message: "Choose a training dataset (upload one first)."}); return; }
+  }
+
+  // The estimate before submitting: asked again (debounced) whenever the form changes.
+  const mib = (bytes) => `${Math.round(bytes / 2 ** 20).toLocaleString()} MiB`;
+  const duration = (s) => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
+  let estimateTimer = null;
+  let estimateSeq = 0;
+  async function estimate() {
+    const request = body();
+    delete request.adapter_name;
+    const box = $("estimate");
+    if (!request.dataset) { box.textContent = "Choose a training dataset to see the estimate."; return; }
+    const seq = ++estimateSeq;
+    box.classList.add("pending");
+    if (!box.textContent.includes("steps")) box.textContent = "Estimating…";
+    const {ok, data} = await api("POST", "/api/v1/jobs/estimate", request);
+    if (seq !== estimateSeq) return;  // a newer request is on its way
+    box.classList.remove("pending");
+    clearErrors(form);
+    if (!ok) { box.textContent = "No estimate: fix the field marked below."; showError(form, data.error, {focus: false}); return; }
+    const e = data.estimate;
+    if (!e.steps) { box.textContent = "The dataset is still validating: the estimate follows once it is ready."; return; }
+    const time = e.seconds == null ? "time: known once a worker has calibrated this model" : `about ${duration(e.seconds)} of training`;
+    box.replaceChildren(
+      el("strong", {text: `${e.steps.toLocaleString()} steps`}),
+      ` · ${e.tokens.toLocaleString()} tokens · peak memory about ${mib(e.peak_memory_bytes)} · ${time} (${e.device})`);
+    box.classList.toggle("too-big", !data.fits);
+    if (!data.fits) {
+      box.append(el("p", {class: "error", role: "alert",
+        text: `No worker has that much memory (largest: ${mib(data.largest_worker_memory_bytes)}). Lower batch_size or max_seq_length.`}));
+    }
+  }
+  form.addEventListener("input", () => { clearTimeout(estimateTimer); estimateTimer = setTimeout(estimate, 400); });
+  form.addEventListener("change", () => { clearTimeout(estimateTimer); estimateTimer = setTimeout(estimate, 150); });
+  estimate();
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    clearErrors(form);
+    const body_ = body();
+    if (!body_.adapter_name) { showError(form, {param: "adapter_name", message: "Name the adapter."}); return; }
+    if (!body_.dataset) { showError(form, {param: "dataset", message: "Choose a training dataset (upload one first)."}); return; }
     $("submit").disabled = true;
-    const {ok, data} = await api("POST", "/api/v1/jobs", body);
+    const {ok, data} = await api("POST", "/api/v1/jobs", body_);
     $("submit").disabled = false;
     if (ok) { window.location.href = `/jobs/${data.id}`; return; }
     showError(form, data.error);
