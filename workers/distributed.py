@@ -88,6 +88,9 @@ def processes_check(method: Any, processes: int, device: str) -> None:
         if processes > torch.cuda.device_count():
             raise ConfigError(f"processes {processes} needs one GPU each; this worker has "
                               f"{torch.cuda.device_count()}", "hyperparameters.processes")
+    elif processes > len(os.sched_getaffinity(0)):
+        raise ConfigError(f"processes {processes} needs a CPU core each; this worker has "
+                          f"{len(os.sched_getaffinity(0))}", "hyperparameters.processes")
 
 
 # --- the worker's side ------------------------------------------------------------------------------------
