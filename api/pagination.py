@@ -8,8 +8,15 @@ from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 
+class Pagination(PageNumberPagination):
+    """?page=N (from 1) and ?page_size=N (default PAGE_SIZE, at most 200)."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
 def paginated_response(*, queryset: QuerySet[Any], serializer_class: type[Serializer], request: Request,
                        view: APIView) -> Response:
-    paginator = PageNumberPagination()
+    paginator = Pagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)

@@ -55,6 +55,14 @@ def error_responses_add(result: dict[str, Any], generator: Any, request: Any, pu
     return result
 
 
+def page_parameters() -> list[Any]:
+    """?page and ?page_size, as api.pagination.Pagination reads them."""
+    from drf_spectacular.utils import OpenApiParameter
+
+    return [OpenApiParameter("page", int, description="page number, from 1"),
+            OpenApiParameter("page_size", int, description="rows per page (default 50, at most 200)")]
+
+
 def paginated(serializer_class: type[serializers.Serializer]) -> Any:
     """The schema of a page of `serializer_class` rows, as paginated_response returns it."""
     from drf_spectacular.utils import inline_serializer

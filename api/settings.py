@@ -116,7 +116,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],  # uploads name their own parsers
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "api.schema.AutoSchema",

@@ -11,7 +11,7 @@ from api.datasets.models import Dataset
 from api.datasets.selectors import dataset_get, dataset_list
 from api.datasets.services import dataset_create
 from api.pagination import paginated_response
-from api.schema import paginated
+from api.schema import page_parameters, paginated
 from api.uploads import upload_size_check
 
 
@@ -32,7 +32,8 @@ class DatasetListCreateApi(APIView):
         base_model = serializers.CharField(max_length=100, required=False, default="",
                                            help_text="tokenizer for the length stats (default: the deployment's)")
 
-    @extend_schema(operation_id="datasets_list", responses=paginated(DatasetOutputSerializer))
+    @extend_schema(operation_id="datasets_list", responses=paginated(DatasetOutputSerializer),
+                   parameters=page_parameters())
     def get(self, request: Request) -> Response:
         return paginated_response(queryset=dataset_list(user=request.user), serializer_class=DatasetOutputSerializer,
                                   request=request, view=self)

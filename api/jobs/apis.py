@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api.datasets.examples import TASKS
-from api.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric
+from api.jobs.models import Job, JobCheckpoint, JobEvent, JobMetric, JobStatus
 from api.jobs.selectors import (
     job_checkpoints,
     job_events,
@@ -15,7 +15,8 @@ from api.jobs.selectors import (
     job_list,
     job_metrics,
     job_queue_eta_seconds,
-    job_queue_position,
+    job_queue_positions,
+    queue_wait_basis,
 )
 from api.jobs.services import (
     job_cancel,
@@ -25,7 +26,7 @@ from api.jobs.services import (
     worker_memory_largest,
 )
 from api.pagination import paginated_response
-from api.schema import paginated
+from api.schema import page_parameters, paginated
 
 
 class JobOutputSerializer(serializers.ModelSerializer):
@@ -47,11 +48,23 @@ class JobOutputSerializer(serializers.ModelSerializer):
         return {"step": job.step, "total_steps": job.total_steps, "epoch": job.epoch,
                 "eta_seconds": job.eta_seconds}
 
+    def _queue(self) -> dict[str, Any]:
+        """Queue positions for every job being serialized (one row or a page), read once per response."""
+        root = self.root
+        if not hasattr(root, "queue_cache"):
+            jobs = [root.instance] if isinstance(root.instance, Job) else list(root.instance or [])
+            root.queue_cache = {"positions": job_queue_positions(jobs=jobs), "basis": None}  # type: ignore[attr-defined]
+        return root.queue_cache  # type: ignore[attr-defined]
+
     def get_queue_position(self, job: Job) -> int | None:
-        return job_queue_position(job=job)
+        return self._queue()["positions"].get(job.id) if job.status == JobStatus.QUEUED else None
 
     def get_queue_eta_seconds(self, job: Job) -> int | None:
-        return job_queue_eta_seconds(job=job)
+        if job.status != JobStatus.QUEUED:
+            return None
+        queue = self._queue()
+        queue["basis"] = queue["basis"] or queue_wait_basis()
+        return job_queue_eta_seconds(job=job, position=queue["positions"].get(job.id), basis=queue["basis"])
 
     def get_error(self, job: Job) -> dict[str, str] | None:
         if not job.error_code:
@@ -80,7 +93,8 @@ class JobListCreateApi(APIView):
                                             help_text="0 (lowest) to 9 (highest); higher runs first")
 
     @extend_schema(operation_id="jobs_list", responses=paginated(JobOutputSerializer),
-                   parameters=[OpenApiParameter("status", str, description="only jobs in this state")])
+                   parameters=[*page_parameters(),
+                               OpenApiParameter("status", str, description="only jobs in this state")])
     def get(self, request: Request) -> Response:
         jobs = job_list(user=request.user, status=request.query_params.get("status"))
         return paginated_response(queryset=jobs, serializer_class=JobOutputSerializer, request=request, view=self)

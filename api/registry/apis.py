@@ -41,7 +41,7 @@ from api.registry.services import (
     adapter_version_upload,
     adapter_version_zip_stream,
 )
-from api.schema import paginated
+from api.schema import page_parameters, paginated
 from api.uploads import upload_size_check
 
 
@@ -77,7 +77,7 @@ class AdapterDetailSerializer(AdapterSerializer):
 
 
 class AdapterListApi(APIView):
-    @extend_schema(operation_id="adapters_list", responses=paginated(AdapterSerializer))
+    @extend_schema(operation_id="adapters_list", responses=paginated(AdapterSerializer), parameters=page_parameters())
     def get(self, request: Request) -> Response:
         return paginated_response(queryset=adapter_list(user=request.user), serializer_class=AdapterSerializer,
                                   request=request, view=self)
@@ -105,7 +105,7 @@ class AdapterVersionListCreateApi(APIView):
                                        help_text="classification: label names in output order "
                                                  "(default LABEL_0..n from the head's shape)")
 
-    @extend_schema(operation_id="adapter_versions_list", parameters=[FilterSerializer],
+    @extend_schema(operation_id="adapter_versions_list", parameters=[FilterSerializer, *page_parameters()],
                    responses=paginated(AdapterVersionSerializer))
     def get(self, request: Request, name: str) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
@@ -306,7 +306,8 @@ class AdapterMergeListCreateApi(APIView):
         seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0,
                                         help_text="seeds DARE's random pruning")
 
-    @extend_schema(operation_id="adapter_merges_list", responses=paginated(AdapterMergeSerializer))
+    @extend_schema(operation_id="adapter_merges_list", responses=paginated(AdapterMergeSerializer),
+                   parameters=page_parameters())
     def get(self, request: Request, name: str) -> Response:
         return paginated_response(queryset=adapter_merge_list(user=request.user, name=name),
                                   serializer_class=AdapterMergeSerializer, request=request, view=self)

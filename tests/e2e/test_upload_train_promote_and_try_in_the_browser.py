@@ -97,6 +97,13 @@ def test_upload_train_promote_try_and_download(live_server: Any, worker: object,
     page.goto(f"{url}/datasets")
     expect(page.locator("#datasets tbody tr")).to_have_count(3)
     shot("05-datasets")
+    page.goto(f"{url}/datasets?page_size=2")  # pages: two rows, then the third behind "Next"
+    expect(page.locator("#datasets tbody tr")).to_have_count(2)
+    expect(page.locator("#datasets-pager")).to_contain_text("1–2 of 3")
+    page.locator("#datasets-pager").get_by_role("link", name="Next →").click()
+    expect(page.locator("#datasets tbody tr")).to_have_count(1)
+    expect(page.locator("#datasets-pager")).to_contain_text("3–3 of 3")
+    expect(page).to_have_url(re.compile(r"page=2"))
 
     # New fine-tune: a value out of bounds comes back as a 400 and is shown beside its field.
     page.goto(f"{url}/datasets/{train_id}")

@@ -206,3 +206,29 @@ async function pollLoop(fn, ms) {
     await new Promise((r) => setTimeout(r, ms));
   }
 }
+
+// --- pagination: ?page=N&page_size=N in the page's own URL (a refresh or a shared link keeps the page) -------
+function listQuery() {
+  const here = new URLSearchParams(window.location.search);
+  const query = new URLSearchParams();
+  for (const key of ["page", "page_size"]) if (/^[1-9][0-9]*$/.test(here.get(key) || "")) query.set(key, here.get(key));
+  return query.toString() ? `?${query}` : "";
+}
+
+function pager(nav, data) {
+  // Previous / Next links from the API's own next/previous, and where we are.
+  const here = new URLSearchParams(window.location.search);
+  const page = Number(here.get("page")) || 1;
+  const link = (n, text, rel) => {
+    const query = new URLSearchParams(here);
+    query.set("page", String(n));
+    return el("a", {href: `?${query}`, text, rel});
+  };
+  const shown = data.results.length;
+  const first = shown ? (page - 1) * (Number(here.get("page_size")) || shown) + 1 : 0;
+  nav.replaceChildren(
+    data.previous ? link(page - 1, "← Previous", "prev") : el("span", {class: "muted", text: "← Previous"}),
+    el("span", {class: "page-of", text: ` ${shown ? `${first}–${first + shown - 1}` : "0"} of ${data.count} `}),
+    data.next ? link(page + 1, "Next →", "next") : el("span", {class: "muted", text: "Next →"}));
+  nav.hidden = !data.previous && !data.next;
+}

@@ -65,7 +65,7 @@
   });
 
   async function refresh() {
-    const {ok, data} = await api("GET", "/api/v1/datasets");
+    const {ok, data} = await api("GET", `/api/v1/datasets${listQuery()}`);
     if (!ok) return true;
     const tbody = document.querySelector("#datasets tbody");
     tbody.replaceChildren(...(data.results.length ? data.results.map((d) => el("tr", {},
@@ -75,6 +75,7 @@
       el("td", {class: "num", text: d.report && d.report.error_count !== undefined ? d.report.error_count : "–"}),
       el("td", {class: "num", text: fmtBytes(d.size_bytes)}), el("td", {text: fmtTime(d.created_at)}),
     )) : [el("tr", {}, el("td", {colspan: "7", class: "muted", text: "No datasets yet: upload one above."}))]));
+    pager(document.getElementById("datasets-pager"), data);
     return data.results.some((d) => d.status === "validating");
   }
   pollLoop(refresh, 2000);

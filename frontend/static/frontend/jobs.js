@@ -13,7 +13,7 @@
     return job.progress.eta_seconds === null ? "–" : `${fmtSeconds(job.progress.eta_seconds)} left`;
   }
   async function refresh() {
-    const {ok, data} = await api("GET", "/api/v1/jobs");
+    const {ok, data} = await api("GET", `/api/v1/jobs${listQuery()}`);
     if (!ok) return true;
     const tbody = document.querySelector("#jobs tbody");
     tbody.replaceChildren(...(data.results.length ? data.results.map((job) => el("tr", {"data-job": job.id},
@@ -26,6 +26,7 @@
       el("td", {class: "num", text: job.queue_position ?? "–"}),
       el("td", {text: etaText(job)}), el("td", {text: fmtTime(job.created_at)}),
     )) : [el("tr", {}, el("td", {colspan: "9", class: "muted"}, "No jobs yet. ", el("a", {href: "/jobs/new", text: "Start one"})))]));
+    pager(document.getElementById("jobs-pager"), data);
     return true;
   }
   pollLoop(refresh, 2000);
