@@ -1,4 +1,5 @@
 import statistics
+from collections.abc import Sequence
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
@@ -29,21 +30,39 @@ def job_queue_position(*, job: Job) -> int | None:
     return _ahead(job).count() + 1
 
 
-def job_queue_eta_seconds(*, job: Job) -> int | None:
-    """A rough wait before a worker takes this job: the work ahead of it (running jobs' remaining
-    time, and the median duration of recent jobs for each queued one) shared by the workers now busy."""
-    if job.status != JobStatus.QUEUED:
-        return None
-    running = Job.objects.filter(status__in=ACTIVE_STATES)
-    workers = max(1, running.values("worker").distinct().count())
-    remaining = sum(running.exclude(eta_seconds=None).values_list("eta_seconds", flat=True))
+def job_queue_positions(*, jobs: Sequence[Job]) -> dict[int, int]:
+    """Positions of the queued jobs among these, in one query: a job list must not count once per row."""
+    wanted = {job.id for job in jobs if job.status == JobStatus.QUEUED}
+    if not wanted:
+        return {}
+    order = Job.objects.filter(status=JobStatus.QUEUED).order_by("-priority", "id").values_list("id", flat=True)
+    return {job_id: i + 1 for i, job_id in enumerate(order) if job_id in wanted}
+
+
+def queue_wait_basis() -> tuple[int, float, float]:
+    """The part of a queued job's wait that is the same for every job: (busy workers, their remaining
+    seconds, the median duration of recent jobs)."""
+    running = list(Job.objects.filter(status__in=ACTIVE_STATES).values_list("worker", "eta_seconds"))
+    workers = max(1, len({worker for worker, _ in running}))
+    remaining = sum(eta for _, eta in running if eta is not None)
     recent = [
         (finished - started).total_seconds()
         for started, finished in Job.objects.filter(status=JobStatus.SUCCEEDED).exclude(started_at=None)
         .order_by("-finished_at").values_list("started_at", "finished_at")[:20]
     ]
-    typical = statistics.median(recent) if recent else 0.0
-    return round((remaining + _ahead(job).count() * typical) / workers)
+    return workers, remaining, statistics.median(recent) if recent else 0.0
+
+
+def job_queue_eta_seconds(*, job: Job, position: int | None = None,
+                          basis: tuple[int, float, float] | None = None) -> int | None:
+    """A rough wait before a worker takes this job: the work ahead of it (running jobs' remaining
+    time, and the median duration of recent jobs for each queued one) shared by the workers now busy.
+    position and basis, when the caller has them, save their queries."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    position = position or job_queue_position(job=job) or 1
+    workers, remaining, typical = basis or queue_wait_basis()
+    return round((remaining + (position - 1) * typical) / workers)
 
 
 def job_checkpoints(*, job: Job) -> QuerySet[JobCheckpoint]:
