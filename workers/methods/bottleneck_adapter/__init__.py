@@ -11,7 +11,17 @@
 
 W_down: d -> d / reduction_factor, W_up back to d, f a non-linearity. W_up starts at zero, so training starts
 exactly at the base model. The base is frozen; the adapters and the classification head train. Adapters stay
-separate modules (they do not merge). Written here: peft has no bottleneck adapters."""
+separate modules (they do not merge). Written here: peft has no bottleneck adapters.
+
+Optional invertible adapter (`invertible: true`, any placement): Pfeiffer et al., "MAD-X: An Adapter-Based
+Framework for Multi-Task Cross-Lingual Transfer", EMNLP 2020 (arXiv:2005.00052), section 2.3. On the embedding
+layer's output e = [e1, e2] (the two halves of the hidden size), a NICE additive coupling (Dinh et al.,
+arXiv:1410.8516):
+    o1 = e1 + F(e2),    o2 = e2 + G(o1),
+with F and G bottlenecks of the same form (W_up f(W_down x), width d/2 -> d/2/invertible_reduction_factor ->
+d/2). Its exact inverse, e2 = o2 - G(o1), e1 = o1 - F(e2), is applied to the last hidden states before the
+language-model head for sft (the head is tied to the embeddings: what the input side learns, the output side
+undoes); the classification heads read the encoder's states directly. F and G start at zero (the identity)."""
 
 from typing import Literal
 
@@ -32,6 +42,10 @@ class AdapterConfig(BaseModel):
     reduction_factor: int = Field(16, ge=1, le=1024, description="Hidden size / bottleneck size; the bottleneck "
                                   "has at least one unit.")
     non_linearity: Literal["relu", "gelu", "silu"] = Field("relu", description="Activation inside the bottleneck.")
+    invertible: bool = Field(False, description="Add MAD-X's invertible adapter (a NICE coupling) on the embedding "
+                             "output, and its inverse before the language-model head (sft).")
+    invertible_reduction_factor: int = Field(2, ge=1, le=1024, description="Half the hidden size / the bottleneck "
+                                             "size of the invertible adapter's two coupling functions.")
 
 
 class HoulsbyConfig(AdapterConfig):

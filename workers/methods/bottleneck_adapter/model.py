@@ -17,6 +17,7 @@ from workers.methods.native import (
     native_save,
     weights_copy,
 )
+from workers.methods.registry import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 # sequential adapters go after these output projections, per architecture
@@ -40,6 +41,30 @@ class Bottleneck(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(h)))
+
+
+class InvertibleAdapter(nn.Module):
+    """MAD-X's invertible adapter, a NICE additive coupling on the hidden size d = 2h:
+    forward [e1, e2] -> [o1, o2] = [e1 + F(e2), e2 + G(o1)]; inverse: e2 = o2 - G(o1), e1 = o1 - F(e2)."""
+
+    def __init__(self, dim: int, config: dict[str, Any], like: torch.Tensor):
+        super().__init__()
+        if dim % 2:
+            raise ConfigError(f"method_config.invertible: the hidden size {dim} is odd; the coupling splits it in "
+                              "halves", "method_config.invertible")
+        half = {"reduction_factor": config["invertible_reduction_factor"], "non_linearity": config["non_linearity"]}
+        self.f = Bottleneck(dim // 2, half, like)
+        self.g = Bottleneck(dim // 2, half, like)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        e1, e2 = e.chunk(2, dim=-1)
+        o1 = e1 + self.f(e2)
+        return torch.cat([o1, e2 + self.g(o1)], dim=-1)
+
+    def inverse(self, o: torch.Tensor) -> torch.Tensor:
+        o1, o2 = o.chunk(2, dim=-1)
+        e2 = o2 - self.g(o1)
+        return torch.cat([o1 - self.f(e2), e2], dim=-1)
 
 
 class SequentialAdapter(nn.Module):
@@ -96,9 +121,23 @@ def _insert(base: Any, kind: str, config: dict[str, Any]) -> None:
                 module_replace(block, path, SequentialAdapter(linear, config))
 
 
+def _invertible_insert(base: Any, config: dict[str, Any], task: str) -> None:
+    """The coupling as base.invertible_adapter (so its weights save under that name), run by hooks: on the
+    embedding layer's output, and inverted on the input of the language-model head (sft)."""
+    adapter = InvertibleAdapter(base.config.hidden_size, config, next(base.parameters()))
+    base.invertible_adapter = adapter
+    embeddings = getattr(base.base_model, "embeddings", None) or base.get_input_embeddings()
+    embeddings.register_forward_hook(lambda module, args, output: adapter(output))
+    if task == "sft":
+        base.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: (adapter.inverse(args[0]), *args[1:]))
+
+
 def _wrap(base: nn.Module, method: str, config: dict[str, Any], task: str) -> NativeModel:
     freeze(base)
     _insert(base, method.removeprefix("adapter_"), config)
+    if config.get("invertible"):
+        _invertible_insert(base, config, task)
     heads_unfreeze(base, task)
     return NativeModel(base, method=method, method_config=config, task=task)
 
