@@ -1,0 +1,216 @@
+"""Every method of the catalogue on one real task: minilm-l6 (pretrained), 4,000 SST-2 training rows, one epoch,
+SST-2 dev (872 rows) for accuracy. Through the service's own path: workers.training.engine.examples_train, what a
+job runs between downloading its datasets and publishing (encoding, the method's prepare and build, the Trainer
+with the method's own step and after-step hooks, evaluation).
+
+usage (from the repo root; each method runs in its own process, one after another):
+  .venv/bin/python bench/methods.py                        # every classification method and LoRA variant
+  .venv/bin/python bench/methods.py --only lora ssf        # some of them (names as in the table's `run` column)
+  .venv/bin/python bench/methods.py --long                 # the longer runs of the methods that need many steps
+Runs that already have results in bench/results/methods.json are skipped (a cut-off run goes on where it
+stopped); --again runs them anew.
+
+Each method keeps its documented defaults (the config schema's); only the learning rate is chosen per method,
+in LR below, because a sensible one differs by orders of magnitude (IA3 and VeRA want 1e-2, full-layer
+methods 1e-4; MeZO's step size is its own config field). Batch 32, max length 128, seed 0.
+
+Per run: trainable parameters, train seconds (the Trainer alone), peak RSS of the run's process (model, data,
+training and evaluation), dev accuracy and loss. Results are merged into bench/results/methods.json and the
+Markdown table bench/results/methods.md after every run, so a cut-off run still leaves its figures.
+"""
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / ".." / "shared" / "data" / "sst2"
+RESULTS = REPO / "bench" / "results"
+ROWS, SEED, TARGET = 4000, 0, 0.75
+BASE = {"epochs": 1, "batch_size": 32, "max_seq_length": 128, "seed": SEED}
+
+LR: dict[str, float] = {
+    "ia3": 1e-2, "vera": 1e-2, "fourierft": 1e-2, "randlora": 5e-3, "ssf": 5e-3,
+    "prefix_tuning": 1e-2, "p_tuning": 1e-2, "prompt_tuning": 3e-2,
+    "lisa": 2e-4, "lt_sft": 1e-4,  # whole layers / every weight train: fine-tuning rates
+    "mezo": 1e-3,  # unused by MeZO's own step (its config's lr); the Trainer still needs one
+}
+DEFAULT_LR = 1e-3
+# the order of a full run, one method per family first, so that a run cut short has the widest coverage
+PRIORITY = ["lora", "ssf", "adapter_houlsby", "ia3", "prefix_tuning", "lt_sft", "dylora", "mixlora", "lisa",
+            "adalora", "loha", "lokr", "vera", "adapter_pfeiffer", "adapter_parallel", "poly", "hra", "oft", "boft",
+            "fourierft", "miss", "randlora", "p_tuning", "prompt_tuning", "mezo"]
+# beside every method's defaults: LoRA's options and initialisations
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("lora", {"use_dora": True}), ("lora", {"use_rslora": True}), ("lora", {"init": "pissa"}),
+    ("lora", {"init": "olora"}), ("lora", {"init": "eva"}), ("lora", {"init": "corda"}),
+    ("lora", {"init": "lora_ga"}),
+]
+# the methods that need far more steps than one epoch of 4,000 rows gives: a longer run of each (--long)
+LONG: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("prompt_tuning", {}, {"epochs": 5}),
+    ("mezo", {"lr": 1e-4}, {"epochs": 5}),
+]
+WHY_NOT = {
+    "mezo": "zeroth-order: one loss difference per step instead of a gradient; the paper runs 100k steps, one "
+            "epoch here is 125, and the classifier head starts random",
+    "prompt_tuning": "20 trained input embeddings on a 22M-parameter encoder: prompt tuning is known to need "
+                     "large models or many epochs",
+}
+
+
+def run_name(method: str, config: dict[str, Any], hp: dict[str, Any] | None = None) -> str:
+    parts = [method, *(f"{k}={v}" for k, v in config.items()), *(f"{k}={v}" for k, v in (hp or {}).items())]
+    return " ".join(parts)
+
+
+def sst2(name: str) -> list[tuple[str, str]]:
+    with open(DATA / name, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    key = "content" if "content" in rows[0] else "sentence"  # dev.tsv names its text column differently
+    return [(r[key], r["label"]) for r in rows]
+
+
+# --- one run, in a child process ------------------------------------------------------------------------------
+
+
+def child(method: str, config: dict[str, Any], hp_extra: dict[str, Any]) -> dict[str, Any]:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from api.datasets.examples import Example
+    from workers.training import engine
+    from workers.training.hyperparameters import Hyperparameters
+
+    train = sst2("train.tsv")
+    random.Random(SEED).shuffle(train)
+    examples = [Example(text=t, label=y) for t, y in train[:ROWS]]
+    dev = [Example(text=t, label=y) for t, y in sst2("dev.tsv")]
+    hp = Hyperparameters(**{**BASE, "learning_rate": LR.get(method, DEFAULT_LR), **hp_extra})
+    with tempfile.TemporaryDirectory(prefix="bench-methods-") as out:
+        fit = engine.examples_train(base_model="minilm-l6", task="classification", method_name=method,
+                                    method_config=config, hp=hp, train=examples, evaluation=dev, out=Path(out))
+    trainable, total = fit.trainer.model.get_nb_trainable_parameters()
+    losses = [h["loss"] for h in fit.trainer.state.log_history if "loss" in h]
+    return {"trainable_parameters": trainable, "total_parameters": total,
+            "train_seconds": round(fit.train_seconds, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "dev_accuracy": round(fit.eval_metrics["eval_accuracy"], 4),
+            "dev_loss": round(fit.eval_metrics["eval_loss"], 4),
+            "first_train_loss": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
+            "last_train_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
+            "steps": fit.trainer.state.global_step, "hyperparameters": hp.model_dump()}
+
+
+# --- the parent: runs one child per method, merges results ------------------------------------------------------
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "api.settings")
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from workers.methods.registry import METHODS
+
+    if args.long:
+        runs = LONG
+    else:
+        names = sorted((n for n, m in METHODS.items() if "classification" in m.tasks),
+                       key=lambda n: (PRIORITY.index(n) if n in PRIORITY else len(PRIORITY), n))
+        runs = [(name, {}, {}) for name in names] + [(name, config, {}) for name, config in VARIANTS]
+    if args.only:
+        runs = [r for r in runs if run_name(*r) in args.only or r[0] in args.only]
+    if not args.again:  # a run cut short goes on where it stopped
+        done = {name for name, r in results_load().items() if "error" not in r}
+        runs = [r for r in runs if run_name(*r) not in done]
+    return runs
+
+
+def results_load() -> dict[str, dict[str, Any]]:
+    path = RESULTS / "methods.json"
+    if not path.exists():
+        return {}
+    return {r["run"]: r for r in json.loads(path.read_text())["runs"]}
+
+
+def results_write(results: dict[str, dict[str, Any]]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    runs = sorted(results.values(), key=lambda r: (r["hyperparameters"]["epochs"] if "hyperparameters" in r else 0,
+                                                   r["run"]))
+    report = {"base_model": "minilm-l6", "task": "classification", "train_rows": ROWS, "dev": "SST-2 dev (872 rows)",
+              "target_dev_accuracy": TARGET, "cpu_threads": len(os.sched_getaffinity(0)), "runs": runs}
+    (RESULTS / "methods.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "methods.md").write_text(markdown(runs))
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Every method on SST-2 (minilm-l6, 4,000 rows)",
+        "",
+        f"`bench/methods.py`: minilm-l6 (pretrained), {ROWS:,} SST-2 training rows, batch 32, max length 128, "
+        "SST-2 dev (872 rows), each method's default config and its own learning rate, through the service's "
+        "training path. Train time is the Trainer alone, on 2 CPU cores shared with other work (so times are "
+        "comparable only roughly); peak RSS is the whole run's process. The target is dev accuracy >= "
+        f"{TARGET}.",
+        "",
+        "| run | trainable params | train s | peak RSS MB | dev accuracy | epochs | lr | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['run']} | | | | | | | failed: {r['error'][:150]} |")
+            continue
+        hp = r["hyperparameters"]
+        note = "" if r["dev_accuracy"] >= TARGET else f"below {TARGET}: {WHY_NOT.get(r['method'], 'see README')}"
+        loss = f"train loss {r['first_train_loss']} -> {r['last_train_loss']}"
+        lines.append(f"| {r['run']} | {r['trainable_parameters']:,} | {r['train_seconds']} | {r['peak_rss_mb']} | "
+                     f"{r['dev_accuracy']:.4f} | {hp['epochs']:g} | {hp['learning_rate']:g} | "
+                     f"{'; '.join(x for x in (note, loss) if x)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="method names or run names to run")
+    ap.add_argument("--long", action="store_true", help="the longer runs of the methods that need many steps")
+    ap.add_argument("--again", action="store_true", help="run again the runs that already have results")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(**json.loads(args.child))))
+        return
+    results = results_load()
+    for method, config, hp_extra in plan(args):
+        name = run_name(method, config, hp_extra)
+        print(f"{time.strftime('%H:%M:%S')} {name} ...", flush=True)
+        spec = json.dumps({"method": method, "config": config, "hp_extra": hp_extra})
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec], capture_output=True,
+                              text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+        row: dict[str, Any] = {"run": name, "method": method, "method_config": config}
+        if done.returncode:
+            row["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        else:
+            row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        row["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        results[name] = row
+        results_write(results)
+        shown = {k: v for k, v in row.items() if k != "hyperparameters"}
+        print(f"{time.strftime('%H:%M:%S')} {name}: {json.dumps(shown)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
