@@ -6,6 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
+from api.accounts.scoping import visible_to
 from api.datasets.formats import Problem, records_iter
 from api.datasets.models import Dataset
 from storage import keys, s3
@@ -14,12 +15,12 @@ PREVIEW_BYTES = 1024 * 1024
 
 
 def dataset_list(*, user: AbstractBaseUser) -> QuerySet[Dataset]:
-    return Dataset.objects.filter(owner=user)
+    return Dataset.objects.filter(visible_to(user))
 
 
 def dataset_get(*, user: AbstractBaseUser, dataset_id: int) -> Dataset:
-    """The user's dataset, or 404: another user's id looks exactly like a missing one."""
-    return get_object_or_404(Dataset, id=dataset_id, owner=user)
+    """The user's dataset, or 404: another user's id looks exactly like a missing one (staff see all)."""
+    return get_object_or_404(Dataset.objects.filter(visible_to(user)), id=dataset_id)
 
 
 def dataset_preview(*, dataset: Dataset, rows: int = 10) -> list[dict[str, Any]]:

@@ -5,16 +5,18 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 
+from api.accounts.scoping import visible_to
 from api.jobs.models import ACTIVE_STATES, Job, JobCheckpoint, JobEvent, JobMetric, JobStatus
 
 
 def job_list(*, user: AbstractBaseUser, status: str | None = None) -> QuerySet[Job]:
-    jobs = Job.objects.filter(owner=user).select_related("result_version__adapter")
+    jobs = Job.objects.filter(visible_to(user)).select_related("result_version__adapter")
     return jobs.filter(status=status) if status else jobs
 
 
 def job_get(*, user: AbstractBaseUser, job_id: int) -> Job:
-    return get_object_or_404(Job.objects.select_related("result_version__adapter"), id=job_id, owner=user)
+    return get_object_or_404(Job.objects.filter(visible_to(user)).select_related("result_version__adapter"),
+                             id=job_id)
 
 
 def _ahead(job: Job) -> QuerySet[Job]:

@@ -1,6 +1,7 @@
+from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from tests.conftest import SENTIMENT, dataset_ready, job_final, jsonl
+from tests.conftest import SENTIMENT, dataset_ready, job_final, jsonl, make_client
 
 
 def test_other_users_dataset_job_and_adapter_are_404(worker: object, alice: APIClient, bob: APIClient) -> None:
@@ -26,3 +27,16 @@ def test_other_users_dataset_job_and_adapter_are_404(worker: object, alice: APIC
                                        "dataset": dataset["id"], "adapter_name": "stolen"}, format="json")
     assert stolen.status_code == 400 and stolen.data["error"]["param"] == "dataset"
     assert "no dataset with id" in stolen.data["error"]["message"]
+
+    # Staff (operators) see everyone's objects, by id, by name and in lists; they still train only on their own.
+    staff = make_client("carol")
+    get_user_model().objects.filter(username="carol").update(is_staff=True)
+    for path in (f"/api/v1/datasets/{dataset['id']}", f"/api/v1/jobs/{job['id']}",
+                 f"/api/v1/jobs/{job['id']}/events", "/api/v1/adapters/private",
+                 "/api/v1/adapters/private/versions/1"):
+        assert staff.get(path).status_code == 200, path
+    for listing in ("/api/v1/datasets", "/api/v1/jobs", "/api/v1/adapters"):
+        assert staff.get(listing).data["count"] == 1
+    borrowed = staff.post("/api/v1/jobs", {"base_model": "tiny-bert", "task": "classification",
+                                           "dataset": dataset["id"], "adapter_name": "borrowed"}, format="json")
+    assert borrowed.status_code == 400 and borrowed.data["error"]["param"] == "dataset"
