@@ -20,13 +20,15 @@ def test_health_says_which_part_is_down(db: None, bucket: None, settings: object
 
 def test_base_models_and_methods_are_listed(alice: APIClient) -> None:
     models = {m["id"]: m for m in alice.get("/api/v1/base-models").data["data"]}
-    assert models["minilm-l6"]["tasks"] == ["classification"]
+    assert models["minilm-l6"]["tasks"] == ["classification", "token-classification"]
     assert models["minilm-l6"]["source"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert models["tiny-llama"]["tasks"] == ["sft"]
     methods = {m["name"]: m for m in alice.get("/api/v1/methods").data["data"]}
     schema = methods["lora"]["schema"]["properties"]
     assert schema["r"]["minimum"] == 1 and schema["r"]["maximum"] == 256
     assert "Rank" in schema["r"]["description"]
+    assert methods["lora"]["tasks"] == ["classification", "sft", "token-classification"]
+    assert methods["prompt_tuning"]["tasks"] == ["classification", "sft"]
 
 
 def test_openapi_schema_and_docs_are_served(db: None) -> None:
