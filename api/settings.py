@@ -250,5 +250,5 @@ logging.config.dictConfig(LOGGING)  # now, not at django.setup(): a Celery worke
 
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"user": API_RATE_LIMIT}
 # The throttle's counters live in Redis, so every web process counts against the same limit.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+CACHES = {"default": {"BACKEND": "api.cache.SharedPoolRedisCache", "LOCATION": REDIS_URL,
                       "KEY_PREFIX": env_str("BROKER_KEY_PREFIX", "") + "cache"}}
