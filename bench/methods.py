@@ -206,6 +206,9 @@ def main() -> None:
         else:
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         row["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        row["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=REPO, check=False).stdout.strip()  # the engine changes under us
+        row["load_average"] = round(os.getloadavg()[0], 1)
         results[name] = row
         results_write(results)
         shown = {k: v for k, v in row.items() if k != "hyperparameters"}
