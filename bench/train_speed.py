@@ -4,11 +4,12 @@ usage (from the repo root):
   .venv/bin/python bench/train_speed.py                      # classification: plain script vs service, 3 runs each
   .venv/bin/python bench/train_speed.py --task sft           # sft on tiny-llama: plain padded fp32 vs service
   .venv/bin/python bench/train_speed.py --mode quality       # LoRA on minilm-l6 to >= 0.88 SST-2 dev in <= 10 min
+                                                             # (QUALITY_ROWS rows, QUALITY_HP, QUALITY_LORA below)
 
 Each run is its own process, plain and service alternate back to back, and the figures are medians.
 The service runs workers.training.engine.examples_train: what a job runs between downloading its
 datasets and publishing (encoding, the method's build, the Trainer on the fast path, evaluation).
-Writes bench/results/train_speed-<task>-<mode>.json.
+Writes bench/results/train_speed-<task>-speed.json, or bench/results/train_quality.json.
 
 MFU counts model FLOPs on real (non-padding) tokens: 4 x (parameters in linear layers) per token
 (forward 2N; backward only the input gradients, 2N, because the base is frozen; the adapter's own
@@ -35,6 +36,11 @@ PLAIN_SFT = REPO / "bench" / "plain_trainer_peft_sft.py"
 DATA = REPO / ".." / "shared" / "data" / "sst2"
 RESULTS = REPO / "bench" / "results"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["query", "key", "value", "dense"]}
+# --mode quality: settings a user can put on a job (hyperparameters, method_config); max_train_seconds stops
+# training at the 10-minute budget even when the machine is slower than planned
+QUALITY_ROWS = 20000
+QUALITY_HP = {"epochs": 1, "learning_rate": 1e-3, "batch_size": 32, "warmup_ratio": 0.05, "max_train_seconds": 600}
+QUALITY_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["query", "key", "value", "dense"]}
 LORA_SFT = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
@@ -95,6 +101,7 @@ def service_child(args: argparse.Namespace) -> dict[str, Any]:
                  if isinstance(m, torch.nn.Linear) and "lora_" not in n)
     return {"train_s": round(fit.train_seconds, 2), "samples_per_s": round(fit.rows * hp.epochs / fit.train_seconds, 2),
             "real_tokens_per_s": round(fit.real_tokens * hp.epochs / fit.train_seconds, 1),
+            "steps": fit.trainer.state.global_step, "planned_steps": fit.trainer.state.max_steps,
             **({"dev_accuracy": round(fit.eval_metrics["eval_accuracy"], 4)} if args.task == "classification" else {}),
             "dev_loss": round(fit.eval_metrics["eval_loss"], 4), "rows": fit.rows, "epochs": hp.epochs,
             "real_tokens": fit.real_tokens, "padding_fraction_last_epoch": round(1 - fit.real_tokens / padded, 3),
@@ -139,12 +146,14 @@ def main() -> None:
     ap.add_argument("--task", choices=("classification", "sft"), default="classification")
     ap.add_argument("--mode", choices=("speed", "quality"), default="speed")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--rows", type=int, help=f"training rows (default 4000; {QUALITY_ROWS} for --mode quality)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hyperparameters", help="JSON overriding the service's hyperparameters")
     ap.add_argument("--method-config", help="JSON overriding the LoRA config (classification)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rows is None:
+        args.rows = QUALITY_ROWS if args.mode == "quality" else 4000
     if args.child:
         print(json.dumps(service_child(args)))
         return
@@ -188,20 +197,19 @@ def main() -> None:
 
 
 def quality(args: argparse.Namespace, peaks: dict[str, float]) -> None:
-    extra = []
-    if args.hyperparameters:
-        extra += ["--hyperparameters", args.hyperparameters]
-    if args.method_config:
-        extra += ["--method-config", args.method_config]
+    hp = {**QUALITY_HP, **json.loads(args.hyperparameters or "{}")}
+    lora = {**QUALITY_LORA, **json.loads(args.method_config or "{}")}
+    extra = ["--hyperparameters", json.dumps(hp), "--method-config", json.dumps(lora)]
     runs = [run(child_cmd(args, extra)) for _ in range(args.runs)]
     for r in runs:
         print(r, flush=True)
     report = {"task": args.task, "mode": "quality", "target": "dev accuracy >= 0.88 within 600 s of training",
-              "median": summary(runs), "runs": runs,
+              "command": " ".join(["bench/train_speed.py", *sys.argv[1:]]), "rows": args.rows,
+              "hyperparameters": hp, "method_config": lora, "median": summary(runs), "runs": runs,
               "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average_at_end": os.getloadavg()}
     print(json.dumps(report["median"], indent=2))
-    write(report, f"train_speed-{args.task}-quality.json")
+    write(report, "train_quality.json")
 
 
 def write(report: dict[str, Any], name: str) -> None:

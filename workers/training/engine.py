@@ -457,6 +457,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     start_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     micro_batch, accumulation = hp.batch_size, 1
     trainer_class = _own_step_trainer(training_step) if training_step else Trainer
+    if hp.max_train_seconds:
+        callbacks = [*callbacks, _time_budget(hp.max_train_seconds)]
     while True:
         trainer = trainer_class(
             model=model,
@@ -487,6 +489,22 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
             log.warning("out of memory; retrying with micro-batch %s x %s", micro_batch, accumulation)
             if on_oom:
                 on_oom(OomRetry(micro_batch, accumulation, f"{type(exc).__name__}: {exc}"[:300]))
+
+
+def _time_budget(seconds: float) -> Any:
+    """A callback that ends training once `seconds` of training have passed (hp.max_train_seconds)."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.monotonic()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if time.monotonic() - self.started >= seconds:
+                log.info("stopping at step %s: the time budget of %s s is spent", state.global_step, seconds)
+                control.should_training_stop = True
+
+    return TimeBudget()
 
 
 def _own_step_trainer(step: Callable[..., Any]) -> Any:

@@ -11,6 +11,10 @@ class Hyperparameters(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     warmup_ratio: float = Field(0.0, ge=0, le=0.5)
     weight_decay: float = Field(0.0, ge=0, le=1.0)
+    max_train_seconds: int | None = Field(
+        None, ge=10, le=7 * 24 * 3600, description="Stop training after this many seconds of training and keep the "
+        "adapter as it is then (evaluated and published like a finished run); the learning-rate schedule is still "
+        "planned for all the epochs, so size the data or epochs to finish near the budget.")
     processes: int = Field(1, ge=1, le=8, description="Training processes on one worker (DDP through accelerate): "
                            "one per GPU on a CUDA worker, CPU processes otherwise. batch_size is the total over "
                            "all of them.")
