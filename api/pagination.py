@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.db.models import QuerySet
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,6 +14,15 @@ class Pagination(PageNumberPagination):
 
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.getlist(self.page_size_query_param)
+        if not raw:
+            return int(self.page_size or 50)
+        if len(raw) > 1 or not raw[0].isdigit() or not 1 <= int(raw[0]) <= self.max_page_size:
+            raise ValidationError({self.page_size_query_param: [
+                f"page_size must be one whole number from 1 to {self.max_page_size}, not {raw!r}"]})
+        return int(raw[0])
 
 
 def paginated_response(*, queryset: QuerySet[Any], serializer_class: type[Serializer], request: Request,

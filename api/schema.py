@@ -55,12 +55,16 @@ def error_responses_add(result: dict[str, Any], generator: Any, request: Any, pu
     return result
 
 
-def page_parameters() -> list[Any]:
+class PageQuerySerializer(serializers.Serializer):
     """?page and ?page_size, as api.pagination.Pagination reads them."""
-    from drf_spectacular.utils import OpenApiParameter
 
-    return [OpenApiParameter("page", int, description="page number, from 1"),
-            OpenApiParameter("page_size", int, description="rows per page (default 50, at most 200)")]
+    page = serializers.IntegerField(min_value=1, required=False, help_text="page number, from 1")
+    page_size = serializers.IntegerField(min_value=1, max_value=200, required=False,
+                                         help_text="rows per page (default 50)")
+
+
+def page_parameters() -> list[Any]:
+    return [PageQuerySerializer]
 
 
 def paginated(serializer_class: type[serializers.Serializer]) -> Any:
