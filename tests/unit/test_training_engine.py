@@ -1,6 +1,7 @@
 """The training engine's fast path keeps its numerics: same seed, same losses; packing changes nothing but
 speed; the token cache returns what encoding returns; an out-of-memory error halves the micro-batch."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,87 @@ def test_estimate_counts_tokens_steps_memory_and_time() -> None:
     assert result["tokens"] == pytest.approx(2000 * 13.24, rel=0.01)
     assert result["seconds"] > 0 and result["peak_memory_bytes"] > 0
     assert list((Path(estimate.settings.VAR_DIR) / "cache" / "calibration").glob("tiny-bert-cpu-*.json"))
+
+
+def lora_tiny_bert() -> Any:
+    from workers.methods.registry import method_get
+
+    entry = base_model_get("tiny-bert")
+    tokenizer = tokenizer_load(entry)
+    model = model_load(entry, task="classification", vocab_size=len(tokenizer), labels=["0", "1"])
+    lora = method_get("lora")
+    model = lora.build(model, {**lora.config().model_dump(), "init": "kaiming"}, task="classification")
+    return model, tokenizer
+
+
+def test_fast_path_stores_frozen_weights_in_bf16_and_gives_the_model_back_unchanged() -> None:
+    model, tokenizer = lora_tiny_bert()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    batch = engine.collator_build("classification", tokenizer, packed=False)(
+        encode_all(tokenizer, "classification", TRAIN[:8], 32, {"0": 0, "1": 1}))
+    with engine.fast_path(model, device="cpu", bf16=True) as applied:
+        assert applied == ["frozen_weights_bf16", "dropout_int16"]
+        params = dict(model.named_parameters())
+        assert params["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight"].dtype == \
+            torch.bfloat16
+        assert params["base_model.model.bert.embeddings.word_embeddings.weight"].dtype == torch.bfloat16
+        assert params["base_model.model.bert.embeddings.LayerNorm.weight"].dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32
+                   for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert not any("forward" in vars(m) for m in model.modules())  # torch's dropout is back
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
+def test_fast_path_loss_is_the_fp32_loss_within_bf16_rounding() -> None:
+    model, tokenizer = lora_tiny_bert()
+    model.eval()  # no dropout: the same function on both sides
+    batch = engine.collator_build("classification", tokenizer, packed=False)(
+        encode_all(tokenizer, "classification", TRAIN[:16], 32, {"0": 0, "1": 1}))
+    with torch.no_grad():
+        fp32 = float(model(**batch).loss)
+        with engine.fast_path(model, device="cpu", bf16=True), torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = float(model(**batch).loss)
+    assert fast == pytest.approx(fp32, rel=2e-2)
+
+
+def test_int16_dropout_drops_p_of_the_values_and_keeps_the_mean() -> None:
+    layer = torch.nn.Dropout(0.1)
+    x = torch.ones(400_000, requires_grad=True)
+    torch.manual_seed(0)
+    out = engine.dropout_fast(layer, x)
+    dropped = float((out == 0).float().mean())
+    assert dropped == pytest.approx(0.1, abs=0.003)
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.9)]
+    assert float(out.mean()) == pytest.approx(1.0, abs=0.005)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # d(out)/dx is the scaled mask
+    torch.manual_seed(0)
+    assert torch.equal(engine.dropout_fast(layer, x), out)  # the seed decides the mask
+    assert engine.dropout_fast(layer.eval(), x) is x
+
+
+def test_time_budget_stops_training_and_keeps_the_adapter(tmp_path: Path, monkeypatch: Any) -> None:
+    now = iter(range(0, 10_000, 6))  # every look at the clock is 6 s later
+    monkeypatch.setattr(engine, "clock", lambda: next(now))
+    model, tokenizer = lora_tiny_bert()
+    rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
+    hp = Hyperparameters(batch_size=8, epochs=3, max_train_seconds=10)
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer, hp=hp, train_rows=rows,
+                                 eval_rows=[], out=tmp_path, device="cpu")
+    assert trainer.state.max_steps == 18
+    assert trainer.state.global_step == 2  # 6 s after the first step, 12 s after the second
+
+
+def test_threads_follow_idle_cores(settings: Any) -> None:
+    cpus = os.sched_getaffinity(0)
+    idle = engine._cpu_idle(cpus, 0.05)
+    assert idle is not None and 0 <= idle <= len(cpus) + 0.01
+    assert 1 <= engine.threads_for_load("cpu") <= len(cpus)
+    settings.TRAIN_THREADS = 1
+    assert engine.threads_for_load("cpu") == 1
