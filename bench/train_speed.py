@@ -112,17 +112,17 @@ def service_child(args: argparse.Namespace) -> dict[str, Any]:
 # --- the parent: runs, medians, ratios ---------------------------------------------------------------------
 
 
-def run(cmd: list[str]) -> dict[str, Any]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def run(cmd: list[str], env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, check=False)
     if done.returncode:
         raise SystemExit(f"{cmd} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def child_cmd(args: argparse.Namespace, extra: list[str]) -> list[str]:
+def child_cmd(args: argparse.Namespace, extra: list[str], seed: int | None = None) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", "--task", args.task, "--rows", str(args.rows),
-            "--seed", str(args.seed), *extra]
+            "--seed", str(args.seed if seed is None else seed), *extra]
 
 
 def attention_flops(task: str, rows: int, seed: int, layers: int, width: int) -> float:
@@ -147,7 +147,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=("speed", "quality"), default="speed")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rows", type=int, help=f"training rows (default 4000; {QUALITY_ROWS} for --mode quality)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="run i uses seed + i (its own sample and init) on both sides")
+    ap.add_argument("--same-seed", action="store_true", help="every run uses --seed")
+    ap.add_argument("--train-threads", type=int, help="TRAIN_THREADS for the service (default: idle cores)")
     ap.add_argument("--hyperparameters", help="JSON overriding the service's hyperparameters")
     ap.add_argument("--method-config", help="JSON overriding the LoRA config (classification)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -168,28 +170,35 @@ def main() -> None:
         quality(args, peaks)
         return
     script = PLAIN if args.task == "classification" else PLAIN_SFT
-    plain_cmd = [sys.executable, str(script), "--data", str(DATA), "--rows", str(args.rows), "--seed", str(args.seed)]
+    threads_env = {"TRAIN_THREADS": str(args.train_threads)} if args.train_threads else {}
     plain_runs, service_runs = [], []
     for i in range(args.runs):
-        plain_runs.append(run(plain_cmd))
+        seed = args.seed if args.same_seed else args.seed + i
+        plain_cmd = [sys.executable, str(script), "--data", str(DATA), "--rows", str(args.rows), "--seed", str(seed)]
+        plain_runs.append({**run(plain_cmd), "seed": seed})
         print(f"run {i + 1} plain:   {plain_runs[-1]}", flush=True)
-        service_runs.append(run(child_cmd(args, [])))
+        service_runs.append({**run(child_cmd(args, [], seed), threads_env), "seed": seed})
         print(f"run {i + 1} service: {service_runs[-1]}", flush=True)
     plain, service = summary(plain_runs), summary(service_runs)
     layers, width = (2, 32) if args.task == "sft" else (6, 384)
     attention = attention_flops(args.task, args.rows, args.seed, layers, width)
     linear, real_tokens = service_runs[0]["linear_params"], service_runs[0]["real_tokens"]
-    flops = 4.0 * linear * real_tokens + attention
+    flops_per_token = 4.0 * linear + attention / real_tokens
     for side in (plain, service):
-        side["achieved_gflops"] = round(flops / side["train_s"] / 1e9, 2)
-        side["mfu_vs_bf16_peak"] = round(flops / side["train_s"] / peaks["bfloat16"], 4)
-        side["mfu_vs_fp32_peak"] = round(flops / side["train_s"] / peaks["float32"], 4)
+        flops_per_s = flops_per_token * side["real_tokens_per_s"]
+        side["achieved_gflops"] = round(flops_per_s / 1e9, 2)
+        side["mfu_vs_bf16_peak"] = round(flops_per_s / peaks["bfloat16"], 4)
+        side["mfu_vs_fp32_peak"] = round(flops_per_s / peaks["float32"], 4)
     ratios = {"real_tokens_per_s": round(service["real_tokens_per_s"] / plain["real_tokens_per_s"], 2),
-              "samples_per_s": round(service["samples_per_s"] / plain["samples_per_s"], 2)}
+              "samples_per_s": round(service["samples_per_s"] / plain["samples_per_s"], 2),
+              "real_tokens_per_s_by_run": [round(s["real_tokens_per_s"] / p["real_tokens_per_s"], 2)
+                                           for p, s in zip(plain_runs, service_runs, strict=True)]}
     report = {"task": args.task, "mode": "speed", "rows": args.rows, "runs": args.runs,
+              "command": " ".join(["bench/train_speed.py", *sys.argv[1:]]),
               "plain_command": " ".join(Path(c).name if c.endswith(".py") else c for c in plain_cmd[1:]),
               "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
-              "model_flops": flops, "median": {"plain": plain, "service": service}, "ratio_service_over_plain": ratios,
+              "model_flops_per_real_token": flops_per_token,
+              "median": {"plain": plain, "service": service}, "ratio_service_over_plain": ratios,
               "plain_runs": plain_runs, "service_runs": service_runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "load_average_at_end": os.getloadavg()}
     print(json.dumps({"median": report["median"], "ratio": ratios}, indent=2))
