@@ -162,21 +162,23 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "",
         f"`bench/methods.py`: minilm-l6 (pretrained), {ROWS:,} SST-2 training rows, batch 32, max length 128, "
         "SST-2 dev (872 rows), each method's default config and its own learning rate, through the service's "
-        "training path. Train time is the Trainer alone, on 2 CPU cores shared with other work (so times are "
-        "comparable only roughly); peak RSS is the whole run's process. The target is dev accuracy >= "
-        f"{TARGET}.",
+        "training path. Train time is the Trainer alone, on 2 CPU cores shared with other work (the load average "
+        "at the end of each run says how shared), and the training engine was being optimised between runs (each "
+        "run's commit is in methods.json): times compare only roughly. Peak RSS is the whole run's process. "
+        f"The target is dev accuracy >= {TARGET}.",
         "",
-        "| run | trainable params | train s | peak RSS MB | dev accuracy | epochs | lr | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| run | trainable params | train s | load avg | peak RSS MB | dev accuracy | epochs | lr | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['run']} | | | | | | | failed: {r['error'][:150]} |")
+            lines.append(f"| {r['run']} | | | | | | | | failed: {r['error'][:150]} |")
             continue
         hp = r["hyperparameters"]
         note = "" if r["dev_accuracy"] >= TARGET else f"below {TARGET}: {WHY_NOT.get(r['method'], 'see README')}"
         loss = f"train loss {r['first_train_loss']} -> {r['last_train_loss']}"
-        lines.append(f"| {r['run']} | {r['trainable_parameters']:,} | {r['train_seconds']} | {r['peak_rss_mb']} | "
+        lines.append(f"| {r['run']} | {r['trainable_parameters']:,} | {r['train_seconds']} | "
+                     f"{r.get('load_average', '')} | {r['peak_rss_mb']} | "
                      f"{r['dev_accuracy']:.4f} | {hp['epochs']:g} | {hp['learning_rate']:g} | "
                      f"{'; '.join(x for x in (note, loss) if x)} |")
     lines.append("")
@@ -187,11 +189,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="method names or run names to run")
     ap.add_argument("--long", action="store_true", help="the longer runs of the methods that need many steps")
+    ap.add_argument("--table", action="store_true", help="only write methods.md again from methods.json")
     ap.add_argument("--again", action="store_true", help="run again the runs that already have results")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(**json.loads(args.child))))
+        return
+    if args.table:
+        results_write(results_load())
         return
     results = results_load()
     for method, config, hp_extra in plan(args):
