@@ -1,5 +1,6 @@
 import io
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,25 @@ def bucket() -> None:
     from storage import s3
 
     s3.bucket_ensure()
+
+
+@pytest.fixture(scope="module")
+def inference_url() -> Iterator[str]:
+    """The inference server (workers/inference/server.py) in a thread, per test module (its adapter cache
+    starts empty with each module's fresh database)."""
+    import uvicorn
+
+    from storage.embedded import free_port, port_open
+    from workers.inference.server import app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: port_open(port), bool, timeout=30)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,11 @@
 live server, a real Celery worker thread and a real inference server thread."""
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from storage.embedded import free_port, port_open
-from tests.conftest import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -66,17 +62,3 @@ def shot(page: Any) -> Any:
     return save
 
 
-@pytest.fixture(scope="session")
-def inference_url() -> Iterator[str]:
-    import uvicorn
-
-    from workers.inference.server import app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: port_open(port), bool, timeout=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)

@@ -13,7 +13,6 @@ from django.test import override_settings
 
 from api.accounts.services import token_create
 from tests.conftest import wait_for
-from tests.integration.test_predict_serves_registry_versions import inference_url  # noqa: F401 (a fixture)
 
 QUESTION = "what colour is the sky?"
 CHAT = [{"messages": [{"role": "system", "content": "answer in one word"},
@@ -30,7 +29,7 @@ def client(live_server: Any, worker: object) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=token_create(user=user), max_retries=0)
 
 
-def test_fine_tune_watch_and_chat_with_the_openai_client(client: openai.OpenAI, inference_url: str) -> None:  # noqa: F811
+def test_fine_tune_watch_and_chat_with_the_openai_client(client: openai.OpenAI, inference_url: str) -> None:
     uploaded = client.files.create(file=_file(CHAT), purpose="fine-tune")
     assert uploaded.id.startswith("file-") and uploaded.purpose == "fine-tune" and uploaded.filename == "train.jsonl"
     assert [f.id for f in client.files.list()] == [uploaded.id]

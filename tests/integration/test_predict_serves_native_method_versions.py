@@ -3,12 +3,10 @@ base model of its own, and its outputs equal that load() run directly; in a wind
 request gets its own adapter's answer."""
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import peft
-import pytest
 import torch
 from django.contrib.auth import get_user_model
 from django.test import override_settings
@@ -17,8 +15,6 @@ from rest_framework.test import APIClient
 import workers.methods  # noqa: F401 (registers the methods)
 from api.registry.models import AdapterVersion
 from api.registry.services import _version_store
-from storage.embedded import free_port, port_open
-from tests.conftest import wait_for
 from workers.base_models import base_model_get, model_load, tokenizer_load
 from workers.inference.cache import AdapterCache
 from workers.inference.engine import Engine
@@ -29,20 +25,6 @@ TEXTS = ["great movie number 7", "awful movie number 7", "an ordinary sentence"]
 NATIVE = sorted(name for name, method in METHODS.items() if not method.peft_backed)
 
 
-@pytest.fixture(scope="module")
-def inference_url() -> Iterator[str]:
-    import uvicorn
-
-    from workers.inference.server import app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: port_open(port), bool, timeout=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def tiny(task: str = "classification") -> Any:

@@ -2,37 +2,21 @@
 resolve per request, rows for different adapters share a batch, and the cache evicts by LRU."""
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import torch
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from api.registry.models import AdapterVersion
-from storage.embedded import free_port, port_open
-from tests.conftest import SENTIMENT, dataset_ready, job_final, jsonl, wait_for
+from storage.embedded import free_port
+from tests.conftest import SENTIMENT, dataset_ready, job_final, jsonl
 from workers.inference.cache import AdapterCache
 from workers.inference.engine import Engine
 
 TEXTS = ["great movie number 7", "awful movie number 7", "an ordinary sentence"]
 
 
-@pytest.fixture(scope="module")
-def inference_url() -> Iterator[str]:
-    import uvicorn
-
-    from workers.inference.server import app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: port_open(port), bool, timeout=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def _train(client: APIClient, name: str, rows: list[dict[str, Any]], seed: int) -> int:

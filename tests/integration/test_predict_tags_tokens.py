@@ -2,8 +2,6 @@
 one {"token", "label", "score"} per word, the first sub-token of each word deciding; equal to plain peft's."""
 
 import io
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +11,12 @@ import torch
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from storage.embedded import free_port, port_open
-from tests.conftest import wait_for
 from workers.base_models import base_model_get, model_load, tokenizer_load
 
 TAGS = ["O", "B-ORG", "I-ORG", "B-MISC"]
 TOKENS = ["EU", "rejects", "German", "call", "to", "boycott", "Britishness", "lamb", "."]
 
 
-@pytest.fixture(scope="module")
-def inference_url() -> Iterator[str]:
-    import uvicorn
-
-    from workers.inference.server import app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: port_open(port), bool, timeout=30)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def tagger() -> Any:
