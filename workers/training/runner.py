@@ -58,7 +58,7 @@ def code_version() -> str:
 def _examples(dataset: Dataset, tmp: Path) -> list[Example]:
     path = tmp / f"dataset-{dataset.id}"
     s3.download_file(keys.dataset(dataset.sha256), path, sha256=dataset.sha256)
-    return examples_load(path, dataset.format, dataset.task)
+    return examples_load(path, dataset.format, dataset.task, max_line_bytes=settings.DATASET_MAX_LINE_BYTES)
 
 
 class Heartbeat(threading.Thread):
