@@ -111,6 +111,9 @@ def _string_list(record: dict[str, Any], key: str, line: int, problems: list[Pro
         except json.JSONDecodeError as exc:
             problems.append(Problem(line, key, f"{key!r} is not a JSON list: {exc.msg}"))
             return None
+        except RecursionError:
+            problems.append(Problem(line, key, f"{key!r} is nested too deeply"))
+            return None
     if not isinstance(value, list) or not value:
         problems.append(Problem(line, key, f"{key!r} must be a non-empty list of strings"))
         return None

@@ -61,6 +61,8 @@ def test_csv_and_tsv_carry_the_lists_as_json(tmp_path: Path) -> None:
     assert [(p["line"], p["field"]) for p in bad] == [(3, "labels")]
     good, bad = _read(tmp_path, b'tokens\ttags\n["Ada", "spoke"]\t["B-PER", "O"]\n', "tsv")
     assert [e.tokens for e in good] == [("Ada", "spoke")] and not bad
+    good, bad = _read(tmp_path, b"tokens\ttags\n" + b"[" * 100_000 + b"\t[]\n", "tsv")
+    assert not good and bad[0]["field"] == "tokens" and "nested too deeply" in bad[0]["message"]
 
 
 def test_label_sits_on_the_first_sub_token_of_each_word() -> None:
