@@ -64,6 +64,9 @@ def _messages(record: dict[str, Any], line: int, problems: list[Problem]) -> Exa
         except json.JSONDecodeError as exc:
             problems.append(Problem(line, "messages", f"'messages' is not valid JSON: {exc.msg}"))
             return None
+        except RecursionError:
+            problems.append(Problem(line, "messages", "'messages' is nested too deeply"))
+            return None
     if not isinstance(raw, list) or not raw:
         problems.append(Problem(line, "messages", "'messages' must be a non-empty list"))
         return None
