@@ -68,59 +68,95 @@ def device_pick() -> str:
     return str(settings.TRAIN_DEVICE)
 
 
+def threads_nominal() -> int:
+    return int(settings.TRAIN_THREADS or len(os.sched_getaffinity(0)))
+
+
 def threads_configure() -> int:
     """TRAIN_THREADS when set, else one thread per core this process may use (torch's own default
     counts logical CPUs of the whole host in some containers)."""
     import torch
 
-    threads = settings.TRAIN_THREADS or len(os.sched_getaffinity(0))
+    threads = threads_nominal()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the Trainer's dataloader forks nothing; keep quiet
     return threads
 
 
-def _cpu_idle(cpus: set[int], seconds: float) -> float | None:
-    """Idle cores among `cpus`, from /proc/stat sampled `seconds` apart; None where there is no /proc/stat."""
+@dataclass(frozen=True)
+class CpuSample:
+    idle: dict[int, tuple[int, int]]  # cpu -> (idle + iowait, total) jiffies since boot
+    own: float  # this process's CPU seconds
+    wall: float
 
-    def sample() -> dict[int, tuple[int, int]]:
-        times = {}
+
+def cpu_sample(cpus: set[int]) -> CpuSample | None:
+    """The host's CPU counters for `cpus` (/proc/stat) and this process's CPU time; None without /proc/stat."""
+    idle = {}
+    try:
         with open("/proc/stat") as fh:
             for line in fh:
                 name, *fields = line.split()
                 if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
                     values = [int(v) for v in fields]
-                    times[int(name[3:])] = (values[3] + values[4], sum(values[:8]))  # idle + iowait, total
-        return times
-
-    try:
-        before = sample()
-        time.sleep(seconds)
-        after = sample()
+                    idle[int(name[3:])] = (values[3] + values[4], sum(values[:8]))
     except OSError:
         return None
+    own = os.times()
+    return CpuSample(idle, own.user + own.system, time.monotonic())
+
+
+def cores_free(before: CpuSample, after: CpuSample) -> float:
+    """Cores between the samples that no other process used: the idle ones plus those this process used."""
     idle = 0.0
-    for cpu, (idle_after, total_after) in after.items():
-        idle_before, total_before = before.get(cpu, (idle_after, total_after))
+    for cpu, (idle_after, total_after) in after.idle.items():
+        idle_before, total_before = before.idle.get(cpu, (idle_after, total_after))
         idle += (idle_after - idle_before) / max(1, total_after - total_before)
-    return idle
+    return idle + (after.own - before.own) / max(1e-3, after.wall - before.wall)
 
 
 def threads_for_load(device: str) -> int:
-    """Threads for this run: TRAIN_THREADS when set, else one per idle core of this process's CPUs (at
-    least one), measured over a fraction of a second. On a shared host, a thread on a busy core makes
-    every parallel region wait for it."""
+    """Threads for this run: TRAIN_THREADS when set, else one per core no other process is using (at least
+    one), measured over half a second. On a shared host, a thread on a busy core makes every parallel
+    region wait for it; ThreadTuner (a callback) measures again while training."""
     import torch
 
     nominal = threads_configure()
     if settings.TRAIN_THREADS or device != "cpu" or nominal == 1:
         return nominal
-    idle = _cpu_idle(os.sched_getaffinity(0), 0.5)
-    threads = nominal if idle is None else max(1, min(nominal, round(idle)))
-    if threads != nominal:
-        log.info("%.1f of %s cores idle; training with %s threads", idle, nominal, threads)
+    cpus = os.sched_getaffinity(0)
+    before = cpu_sample(cpus)
+    time.sleep(0.5)
+    after = cpu_sample(cpus)
+    threads = nominal if before is None or after is None else max(1, min(nominal, round(cores_free(before, after))))
+    if threads != torch.get_num_threads():
+        log.info("%s of %s cores free; training with %s threads", threads, nominal, threads)
         torch.set_num_threads(threads)
     return threads
+
+
+def _thread_tuner(nominal: int, every_seconds: float = 10.0) -> Any:
+    """A callback that sets torch's threads to the cores free of other processes, every `every_seconds`."""
+    import torch
+    from transformers import TrainerCallback
+
+    cpus = os.sched_getaffinity(0)
+
+    class ThreadTuner(TrainerCallback):
+        last: CpuSample | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.last is None or time.monotonic() - self.last.wall >= every_seconds:
+                now = cpu_sample(cpus)
+                if self.last is not None and now is not None:
+                    threads = max(1, min(nominal, round(cores_free(self.last, now))))
+                    if threads != torch.get_num_threads():
+                        log.info("step %s: training with %s threads", state.global_step, threads)
+                        torch.set_num_threads(threads)
+                self.last = now
+
+    return ThreadTuner()
 
 
 @functools.cache
@@ -460,6 +496,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     trainer_class = _own_step_trainer(training_step) if training_step else Trainer
     if hp.max_train_seconds:
         callbacks = [*callbacks, _time_budget(hp.max_train_seconds)]
+    if device == "cpu" and not settings.TRAIN_THREADS and threads_nominal() > 1:
+        callbacks = [*callbacks, _thread_tuner(threads_nominal())]
     while True:
         trainer = trainer_class(
             model=model,
