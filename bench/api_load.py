@@ -13,7 +13,8 @@ What it does, all on loopback and bounded in time (setup, then runs x (warm-up +
 - the web server exactly as `manage.py launch` starts it (uvicorn api.asgi:application), plus `--web-workers`;
 - each client, in a loop until the time is up: GET /jobs/{id} (poll), GET /jobs/{id}/events?after=N
   (poll events), GET /jobs (list) and POST /jobs (submit), in the mix of MIX, waiting think-ms (default 500,
-  uniform 0..2x) between requests: twice the rate of `foundry jobs watch` (1 s), four times the UI's (2 s) (`--think-ms 0`: closed loop, saturation).
+  uniform 0..2x) between requests: twice the rate of `foundry jobs watch` (1 s), four times the UI's (2 s);
+  `--think-ms 0` is a closed loop (saturation).
 
 Prints p50/p99 latency and throughput per request type and writes bench/results/api_load.json
 (`--out` to change). The load generator runs on the same 2 cores as the server: its CPU counts against it.
@@ -184,6 +185,20 @@ async def run_once(base: str, fixtures: list[dict[str, Any]], seconds: float, wa
     return result
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (uvicorn --workers forks them)."""
+    total = 0.0
+    for task in [pid, *children(pid)]:
+        fields = Path(f"/proc/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[index]
@@ -195,6 +210,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[kind] = {key: statistics.median(r[kind][key] for r in runs)
                      for key in ("requests", "per_second", "p50_ms", "p99_ms")}
     out["total_per_second"] = round(statistics.median(sum(r[k]["per_second"] for k in MIX) for r in runs), 1)
+    out["server_cpu_ms_per_request"] = statistics.median(r["server_cpu_ms_per_request"] for r in runs)
     return out
 
 
@@ -208,6 +224,7 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
         row = summary[kind]
         lines.append(f"{name:<28} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['per_second']:>8}")
     lines.append(f"{'all':<28} {'':>8} {'':>8} {summary['total_per_second']:>8}")
+    lines.append(f"web server CPU per request: {summary['server_cpu_ms_per_request']} ms")
     return "\n".join(lines)
 
 
@@ -254,8 +271,14 @@ def main() -> None:
         asyncio.run(server_warm(base, fixtures[0]))
         runs = []
         for run in range(args.runs):
+            cpu, load = cpu_seconds(server.pid), os.getloadavg()[0]
             result = asyncio.run(run_once(base, fixtures, args.seconds, args.warmup, args.think_ms / 1000, run))
+            requests = sum(result[k]["requests"] for k in MIX)
+            # The warm-up's requests are not counted, its CPU is: an upper bound per request.
+            result["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(server.pid) - cpu) / max(1, requests), 1)
+            result["load_average_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             print(f"run {run + 1}: " + ", ".join(f"{k} p99 {result[k]['p99_ms']} ms" for k in MIX)
+                  + f"; server CPU {result['server_cpu_ms_per_request']} ms/request; load {result['load_average_1m']}"
                   + (f"; errors {result['errors']}" if result["errors"] else ""))
             runs.append(result)
     finally:
