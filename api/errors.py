@@ -9,7 +9,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from api.datasets.services import DatasetError
+from api.datasets.services import DatasetError, DatasetInUse
 from api.jobs.services import JobInputError, JobStateError
 from api.registry.services import InferenceError
 from storage.s3 import StorageError
@@ -28,7 +28,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, (DatasetError, JobInputError)):
         return Response({"error": {"code": "invalid_request", "message": str(exc), "param": exc.param}},
                         status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, JobStateError):
+    if isinstance(exc, (JobStateError, DatasetInUse)):
         return Response({"error": {"code": "conflict", "message": str(exc), "param": None}},
                         status=status.HTTP_409_CONFLICT)
     if isinstance(exc, InferenceError):

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 from api.datasets.examples import TASKS
 from api.datasets.models import Dataset
 from api.datasets.selectors import dataset_get, dataset_list
-from api.datasets.services import dataset_create
+from api.datasets.services import dataset_create, dataset_delete
 from api.pagination import paginated_response
 from api.schema import page_parameters, paginated
 from api.uploads import upload_size_check
@@ -54,3 +54,8 @@ class DatasetDetailApi(APIView):
     @extend_schema(responses=DatasetOutputSerializer)
     def get(self, request: Request, dataset_id: int) -> Response:
         return Response(DatasetOutputSerializer(dataset_get(user=request.user, dataset_id=dataset_id)).data)
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request, dataset_id: int) -> Response:
+        dataset_delete(dataset=dataset_get(user=request.user, dataset_id=dataset_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)

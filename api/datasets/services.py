@@ -8,6 +8,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from api.accounts.quotas import storage_quota_check, user_lock
@@ -26,6 +27,25 @@ class DatasetError(ValueError):
     def __init__(self, message: str, param: str):
         super().__init__(message)
         self.param = param
+
+
+class DatasetInUse(Exception):
+    """The dataset cannot go: a job's lineage refers to it (HTTP 409)."""
+
+
+def dataset_delete(*, dataset: Dataset) -> None:
+    """Delete the row, unless a job used it (its lineage must stay readable); the storage it counted
+    against the owner's quota is free again. The content-addressed object in S3 stays: another upload of
+    the same bytes may share it."""
+    from api.jobs.models import Job
+
+    with transaction.atomic():
+        user_lock(user=dataset.owner)
+        jobs = list(Job.objects.filter(Q(dataset=dataset) | Q(validation_dataset=dataset))
+                    .values_list("id", flat=True)[:5])
+        if jobs:
+            raise DatasetInUse(f"dataset {dataset.id} is used by job(s) {jobs} and cannot be deleted")
+        dataset.delete()
 
 
 def _spool(upload: IO[bytes], directory: Path) -> tuple[Path, str, int]:

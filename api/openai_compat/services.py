@@ -10,14 +10,12 @@ from datetime import datetime
 from typing import IO, Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
-from django.db.models import Q
 from django.http import Http404
 
 from api.datasets.models import Dataset, DatasetStatus
-from api.datasets.services import dataset_create
+from api.datasets.services import dataset_create, dataset_delete
 from api.jobs.models import Job, JobCheckpoint, JobEvent, JobStatus
-from api.jobs.services import JobInputError, JobStateError, job_create
+from api.jobs.services import JobInputError, job_create
 from api.registry.models import AdapterVersion
 from api.registry.services import adapter_generate
 from workers.base_models import BaseModelEntry, catalogue
@@ -93,15 +91,9 @@ def file_create(*, user: AbstractBaseUser, upload: IO[bytes], filename: str, pur
 
 
 def file_delete(*, dataset: Dataset) -> dict[str, Any]:
-    """Refuse while a job uses the file (its lineage must stay readable); otherwise delete the row.
-
-    The content-addressed object in S3 stays: another upload of the same bytes shares it."""
-    file_id = f"file-{dataset.id}"
-    with transaction.atomic():
-        if Job.objects.filter(Q(dataset=dataset) | Q(validation_dataset=dataset)).exists():
-            raise JobStateError(f"{file_id} is used by a fine-tuning job and cannot be deleted")
-        dataset.delete()
-    return {"id": file_id, "object": "file", "deleted": True}
+    """OpenAI's file delete: the dataset's own rule (api/datasets/services.py), in OpenAI's shape."""
+    dataset_delete(dataset=dataset)
+    return {"id": f"file-{dataset.id}", "object": "file", "deleted": True}
 
 
 # fine-tuning jobs
