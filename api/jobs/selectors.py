@@ -34,9 +34,10 @@ def job_queue_position(*, job: Job) -> int | None:
 
 def job_queue_positions(*, jobs: Sequence[Job]) -> dict[int, int]:
     """Positions of the queued jobs among these, in one query: a job list must not count once per row."""
-    wanted = {job.id for job in jobs if job.status == JobStatus.QUEUED}
-    if not wanted:
-        return {}
+    queued = [job for job in jobs if job.status == JobStatus.QUEUED]
+    if len(queued) <= 1:  # one job's page: a count beats reading every queued id
+        return {job.id: _ahead(job).count() + 1 for job in queued}
+    wanted = {job.id for job in queued}
     order = Job.objects.filter(status=JobStatus.QUEUED).order_by("-priority", "id").values_list("id", flat=True)
     return {job_id: i + 1 for i, job_id in enumerate(order) if job_id in wanted}
 
