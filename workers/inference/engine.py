@@ -1,7 +1,7 @@
 """Requests for many adapters, batched: rows that arrive within a short window are grouped by
-base model and run together, rows of different LoRA adapters in one forward pass (peft's
-per-row `adapter_names`); other adapter types run one group per adapter, and each version of a method
-written here (SSF, bottleneck adapters, DyLoRA, LT-SFT, LISA, MeZO, MixLoRA) runs on its own copy of the
+base model and run together, rows of different LoRA adapters in one forward pass (batched_lora.py: every
+row's own A and B gathered, two bmm per layer, in place of peft's per-adapter loop); other adapter types run
+one group per adapter, and each version of a method written here (SSF, bottleneck adapters, DyLoRA, LT-SFT, LISA, MeZO, MixLoRA) runs on its own copy of the
 base model, its rows in a batch of their own.
 
 Generation (sft adapters) goes through the same thread, one prompt at a time, grouped per adapter:
@@ -231,6 +231,8 @@ class Engine:
     def _forward(self, base: Base, members: list[tuple[Request, Loaded]]) -> list[list[Any]]:
         import torch
 
+        from workers.inference.batched_lora import LoraRows, batched_lora
+
         words = base.task == "token-classification"  # inputs are lists of tokens (a text: split on whitespace)
         if words:
             for request, _ in members:
@@ -244,7 +246,8 @@ class Engine:
             if members[0][1].native:  # a method written here owns this base: its rows run alone, as one batch
                 logits = base.model(**encoded).logits
             elif all(loaded.peft_type in MIXED_BATCH_TYPES for _, loaded in members):
-                logits = base.model(**encoded, adapter_names=names).logits
+                with batched_lora(base.model, LoraRows(names)):  # heads still follow peft's adapter_names
+                    logits = base.model(**encoded, adapter_names=names).logits
             else:
                 logits = None
                 for name in dict.fromkeys(names):
