@@ -295,7 +295,8 @@ def rank_train(*, job_id: int, work: Path, out: Path, adapter: Path, resume: str
                     f"(batch {rank_hp.batch_size} each)",
             data={"examples": len(data["train"]), "trainable_parameters": trainable, "total_parameters": total,
                   "device": device, "processes": len(ranks), "backend": "nccl" if device == "cuda" else "gloo",
-                  "per_process_batch_size": rank_hp.batch_size, "ranks": ranks})
+                  "per_process_batch_size": rank_hp.batch_size, "ranks": ranks,
+                  "bf16": engine.bf16_worthwhile(device) and engine.autocast_safe(model)})
 
     def oom_fail(retry: engine.OomRetry) -> None:  # one rank retrying alone would leave the others waiting
         raise DistributedError(f"rank {rank} ran out of memory ({retry.error}); lower batch_size")

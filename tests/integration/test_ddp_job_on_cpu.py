@@ -25,12 +25,13 @@ from workers.training.runner import job_train_run
 STEPS = 200  # 40 rows, batch 4 (2 per process): 10 steps an epoch, 20 epochs
 
 
-def _shut_down_after_first_checkpoint(job_id: int, run_over: threading.Event) -> None:
+def _shut_down_after_first_checkpoint(job_id: int, run_over: threading.Event, signalled: threading.Event) -> None:
     """What Celery's SIGTERM handler does, once the job has a periodic checkpoint."""
     try:
         while not run_over.wait(0.1):
             if JobCheckpoint.objects.filter(job_id=job_id).exists():
                 worker_state.should_stop = 0
+                signalled.set()
                 return
     finally:
         connection.close()
@@ -45,8 +46,8 @@ def test_two_process_job_resumes_from_a_mid_run_checkpoint_and_publishes_once(
                      validation_dataset=dataset.id, adapter_name="ddp",
                      hyperparameters={"epochs": 20, "batch_size": 4, "learning_rate": 0.01, "processes": 2})
 
-    run_over = threading.Event()
-    watcher = threading.Thread(target=_shut_down_after_first_checkpoint, args=(job.id, run_over))
+    run_over, signalled = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=_shut_down_after_first_checkpoint, args=(job.id, run_over, signalled))
     watcher.start()
     try:
         job_train_run(job_id=job.id, worker="ddp-host:1")
@@ -55,7 +56,8 @@ def test_two_process_job_resumes_from_a_mid_run_checkpoint_and_publishes_once(
         watcher.join()
         worker_state.should_stop = None
     stopped = job_now(job.id)
-    assert stopped.status == "queued", (stopped.error_code, stopped.error_message)
+    assert signalled.is_set() and stopped.status == "queued", (
+        signalled.is_set(), stopped.status, stopped.error_code, stopped.error_message, event_types(job.id))
     assert "requeued" in event_types(job.id)
     steps = sorted(JobCheckpoint.objects.filter(job_id=job.id).values_list("step", flat=True))
     assert steps[0] % 20 == 0 and 0 < steps[-1] < STEPS  # a periodic one, then the shutdown's
