@@ -1,14 +1,16 @@
 """Requests for many adapters, batched: rows that arrive within a short window are grouped by
 base model and run together, rows of different LoRA adapters in one forward pass (batched_lora.py: every
 row's own A and B gathered, two bmm per layer, in place of peft's per-adapter loop); other adapter types run
-one group per adapter, and each version of a method written here (SSF, bottleneck adapters, DyLoRA, LT-SFT, LISA, MeZO, MixLoRA) runs on its own copy of the
-base model, its rows in a batch of their own.
+one group per adapter, and each version of a method written here (SSF, bottleneck adapters, DyLoRA,
+LT-SFT, LISA, MeZO, MixLoRA) runs on its own copy of the base model, its rows in a batch of their own.
 
-Generation (sft adapters) goes through the same thread, one prompt at a time, grouped per adapter:
-greedy at temperature 0, else sampling (temperature, top_p), up to max_tokens, cut at the first
-stop string or the end-of-sequence token the training format appends. Text comes out as events
-({"index", "delta"} then {"index", "finish_reason", "prompt_tokens", "completion_tokens"}), so a
-stream and a whole answer are the same code."""
+Generation (sft adapters) goes through the same thread: the prompts of every plain-LoRA request in the window
+that share a base are decoded together (decode.py: one forward pass per step for all of them, each row through
+its own adapter); other types and methods written here run one prompt at a time. Greedy at temperature 0, else
+sampling (temperature, top_p), up to max_tokens, cut at the first stop string or the end-of-sequence token the
+training format appends. Text comes out as events ({"index", "delta"} then {"index", "finish_reason",
+"prompt_tokens", "completion_tokens"}, as soon as that prompt is done), so a stream and a whole answer are the
+same code."""
 
 import queue
 import threading
@@ -100,14 +102,18 @@ class _Emitter:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        text = self.text(input_ids[0])
+        return torch.tensor([self.update(input_ids[0])], device=input_ids.device)
+
+    def update(self, ids: Any) -> bool:
+        """Send the text after `ids` that can no longer change; True once a stop string is reached."""
+        text = self.text(ids)
         ready = len(text) if self.stopped else len(text) - self.holdback
         while ready > self.sent and text[ready - 1] == "\ufffd":
             ready -= 1
         if ready > self.sent:
             self.emit(text[self.sent:ready])
             self.sent = ready
-        return torch.tensor([self.stopped], device=input_ids.device)
+        return self.stopped
 
     def finish(self, ids: Any) -> None:
         text = self.text(ids)
@@ -164,30 +170,76 @@ class Engine:
             predicts = [r for r in batch if isinstance(r, Request)]
             if predicts:
                 self._run(predicts)
-            for request in sorted((r for r in batch if isinstance(r, GenerateRequest)),
-                                  key=lambda r: r.version["prefix"]):
-                self._generate(request)
+            generates = [r for r in batch if isinstance(r, GenerateRequest)]
+            if generates:
+                self._generate_all(generates)
 
-    def _generate(self, request: GenerateRequest) -> None:
-        try:
-            loaded, base = self.cache.get(request.version)
-            if base.task != "sft":
-                raise ValueError(f"a {base.task!r} adapter does not generate text")
+    def _generate_all(self, requests: list[GenerateRequest]) -> None:
+        groups: dict[int, list[tuple[GenerateRequest, Loaded, Base]]] = defaultdict(list)
+        for request in sorted(requests, key=lambda r: r.version["prefix"]):
+            try:
+                loaded, base = self.cache.get(request.version)
+                if base.task != "sft":
+                    raise ValueError(f"a {base.task!r} adapter does not generate text")
+                if loaded.native or loaded.peft_type not in MIXED_BATCH_TYPES:
+                    for index, prompt in enumerate(request.prompts):
+                        self._generate_one(base, loaded, index, prompt, request)
+                else:
+                    groups[id(base)].append((request, loaded, base))
+                    continue
+            except Exception as exc:  # a broken version or bad input fails its own request, not the batcher
+                request.events.put({"error": f"{type(exc).__name__}: {exc}"})
+            request.events.put(None)
+        for members in groups.values():
+            self._generate_batch(members)
+
+    def _generate_batch(self, members: list[tuple[GenerateRequest, Loaded, Base]]) -> None:
+        """Every prompt of these plain-LoRA requests (one base) decoded together; each request's events end with
+        None once its last prompt is done (or an error for those still running if the batch breaks)."""
+        import torch
+
+        from workers.inference.decode import DecodeRow, decode_batch
+
+        base = members[0][2]
+        tokenizer = base.tokenizer
+        eos = _eos(tokenizer)
+        left = {id(request): len(request.prompts) for request, _, _ in members}
+        rows = []
+
+        def done(row: DecodeRow, request: GenerateRequest, index: int, emitter: _Emitter) -> None:
+            emitter.finish(row.new)
+            request.events.put({"index": index, "finish_reason": "stop" if row.stopped else "length",
+                                "prompt_tokens": len(row.prompt), "completion_tokens": len(row.new)})
+            left[id(request)] -= 1
+            if not left[id(request)]:
+                request.events.put(None)
+
+        for request, loaded, _ in members:
+            params = request.params
             for index, prompt in enumerate(request.prompts):
-                self._generate_one(base, loaded, index, prompt, request)
-        except Exception as exc:  # a broken version or bad input fails its own request, not the batcher
-            request.events.put({"error": f"{type(exc).__name__}: {exc}"})
-        request.events.put(None)
+                emitter = _Emitter(tokenizer, 0, params.stop,
+                                   lambda delta, r=request, i=index: r.events.put({"index": i, "delta": delta}))
+                generator = None if params.seed is None else torch.Generator().manual_seed(params.seed + index)
+                rows.append(DecodeRow(
+                    prompt=_prompt_ids(tokenizer, prompt), adapter=loaded.name, max_tokens=params.max_tokens,
+                    on_token=emitter.update, temperature=params.temperature, top_p=params.top_p, generator=generator,
+                    on_done=lambda row, r=request, i=index, e=emitter: done(row, r, i, e)))
+        self.batch_sizes = [*self.batch_sizes[-999:], len(rows)]
+        try:
+            decode_batch(base.model, rows, eos=eos, pad=_pad(tokenizer, eos))
+        except Exception as exc:  # the batch broke: its unfinished requests fail, not the batcher
+            for request, _, _ in members:
+                if left[id(request)]:
+                    request.events.put({"error": f"{type(exc).__name__}: {exc}"})
+                    request.events.put(None)
 
     def _generate_one(self, base: Base, loaded: Loaded, index: int, prompt: str, request: GenerateRequest) -> None:
         import torch
         from transformers import StoppingCriteriaList
 
         tokenizer, params = base.tokenizer, request.params
-        # As workers.training.data.sft_encode: a BOS when the tokenizer has one, then the text as it is.
-        ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + tokenizer.encode(
-            prompt, add_special_tokens=False)
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        ids = _prompt_ids(tokenizer, prompt)
+        eos = _eos(tokenizer)
         emitter = _Emitter(tokenizer, len(ids), params.stop,
                            lambda delta: request.events.put({"index": index, "delta": delta}))
         sampling: dict[str, Any] = {"do_sample": False}
@@ -316,6 +368,23 @@ def _generator(base: Base, loaded: Loaded) -> Any:
         base.model.before_forward()
         return base.model.base
     return base.model
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """As workers.training.data.sft_encode: a BOS when the tokenizer has one, then the text as it is."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + tokenizer.encode(prompt, add_special_tokens=False)
+
+
+def _eos(tokenizer: Any) -> int | None:
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
+def _pad(tokenizer: Any, eos: int | None) -> int:
+    for candidate in (tokenizer.pad_token_id, eos, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 def _rows(request: Request | GenerateRequest) -> int:
