@@ -67,9 +67,9 @@ WHY_NOT = {
                      "large models or many epochs",
     "prefix_tuning": "trained keys and values only, on a small encoder, in 125 steps; the train loss still falls "
                      "(see the loss column)",
-    "lt_sft": "at lr 1e-4 the full phase (62 steps) barely moves the weights, the selection resets them, and the "
-              "sparse phase (63 steps, 1% of the weights) starts again from the base; the paper trains for "
-              "epochs in each phase",
+    "lt_sft": "a fine-tuning rate (1e-4) for 125 steps: the fresh classifier head learns slowly, the selection "
+              "resets the body to the base halfway, and the sparse phase (63 steps, 1% of the weights) starts "
+              "again from there; the paper trains for epochs in each phase",
 }
 
 
