@@ -57,6 +57,8 @@ PARENT_PID = "FOUNDRY_DDP_PARENT_PID"
 FORWARDED = ("CHECKPOINT_EVERY_STEPS", "CHECKPOINT_EVERY_SECONDS", "CHECKPOINT_KEEP", "JOB_TIME_LIMIT_SECONDS",
              "TRAIN_DEVICE")
 STOP_GRACE_SECONDS = 30
+LOG_KEEP_CHARS = 20_000
+RANK_PREFIX = re.compile(r"^\[rank\d+\]:")  # torch.distributed tags each rank's lines
 EXCEPTION_LINE = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*(?:: .*)?$")  # a traceback's last line
 
 
@@ -114,17 +116,17 @@ def job_fit(job: Any, *, processes: int, labels: list[str], train_rows: list[dic
     finally:
         _stop(proc)
     if proc.returncode != 0 or not (work / RESULT).exists():
-        tail = (work / LOG).read_text(errors="replace")[-3000:]
-        log.error("job %s: the training processes failed (exit %s):\n%s", job.id, proc.returncode, tail)
+        output = (work / LOG).read_text(errors="replace")[-LOG_KEEP_CHARS:]
+        log.error("job %s: the training processes failed (exit %s):\n%s", job.id, proc.returncode, output)
         raise DistributedError(f"training in {processes} processes failed (exit {proc.returncode}): "
-                               f"{_rank_error(tail)}")
+                               f"{_rank_error(output)}")
     return Result(**json.loads((work / RESULT).read_text()))
 
 
 def _rank_error(output: str) -> str:
     """The exception a rank died of (the launcher's own ChildFailedError summary says nothing)."""
-    errors = [line.strip() for line in output.splitlines()
-              if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line]
+    lines = [RANK_PREFIX.sub("", line).strip() for line in output.splitlines()]
+    errors = [line for line in lines if EXCEPTION_LINE.match(line) and "ChildFailedError" not in line]
     return (errors[-1] if errors else output.strip().splitlines()[-1] if output.strip() else "no output")[:800]
 
 
