@@ -65,3 +65,13 @@ def test_a_dockerfile_that_drifts_from_make_is_caught(tmp_path: Path) -> None:
     drifted = tmp_path / "Dockerfile"
     drifted.write_text((DEPLOY / "Dockerfile").read_text().replace("torch==2.13.0", "torch==2.5.0"))
     assert _pip_steps(dockerfile_runs(drifted)) != _pip_steps(makefile_recipe(MAKE_INSTALL))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_build_context_sends_only_what_the_image_copies(dockerfile: Path) -> None:
+    ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("**") + 1:][:6] == ["!pyproject.toml", "!manage.py", "!api/", "!workers/", "!storage/",
+                                                    "!frontend/"]  # not .venv/, var/ or .git/ (gigabytes)
+    copied = {source.split("/")[0] for line in dockerfile.read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line for source in line.split()[1:-1]}
+    assert copied <= {"pyproject.toml", "manage.py", "api", "workers", "storage", "frontend"}, copied
