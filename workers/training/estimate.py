@@ -10,6 +10,7 @@ taken as the real tokens plus 10% (the sampler leaves about 8% padding on SST-2)
 import functools
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,18 @@ def mean_length(token_lengths: dict[str, int], max_seq_length: int) -> float:
     return sum((q1 - q0) * (v0 + v1) / 2 for (q0, v0), (q1, v1) in zip(capped, capped[1:], strict=False))
 
 
-@functools.cache
+_SHAPE_LOCK = threading.Lock()  # transformers' lazy imports are not safe from several threads at once
+
+
 def model_shape(base_model: str, task: str) -> dict[str, int]:
     """{"params", "hidden", "layers", "vocab"} of a catalogue model, read from its config and built on the meta
     device (no weights are loaded or allocated), so the web process can estimate memory before a job runs."""
+    with _SHAPE_LOCK:
+        return _model_shape(base_model, task)
+
+
+@functools.cache
+def _model_shape(base_model: str, task: str) -> dict[str, int]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
