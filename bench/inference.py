@@ -15,8 +15,10 @@ repetitions: within a repetition the variants run back to back, in turn.
    freshly loaded base (peft's default path);
 2. warm switch: a request for a cached adapter after another one (cache lookup + making it the active one);
 3. mixed batches of 64 rows over 1, 4, 16, 64 distinct adapters (one forward pass), against the naive way;
-4. generation on tiny-llama, 8 prompts: one adapter vs 8 distinct adapters, per decode step, with peft's per-row
-   adapter_names (its per-adapter loop inside every LoRA layer);
+   Beside it, peft's own mixed batch (`adapter_names`, its per-adapter loop inside every LoRA layer) at 1 and 16;
+4. generation on tiny-llama, 8 prompts: one adapter vs 8 distinct adapters, prefill and per decode step: the
+   service's batched decode (workers/inference/decode.py), peft's generate with per-row adapter_names, and one
+   prompt at a time (the service before batching; per step of all 8 prompts);
 5. 1,000 registered adapters through a cache bounded by bytes to 250 of them, a working set of 500 (twice the
    cache), uniform and skewed (Zipf s=1.1) request mixes of one-row requests: hit rate, p50, p99, against the p50
    when everything is cached. The 1,000 adapters share one set of weights (each under its own prefix, so each is
@@ -208,6 +210,19 @@ def bench_mixed(tmp: Path, reps: int, naive_reps: int) -> dict[str, Any]:
             for request in batch:
                 request.future.result(0)
     throughput = {k: round(rows / statistics.median(v), 1) for k, v in seconds.items()}
+    # peft's own mixed batch (adapter_names: its per-adapter loop in every LoRA layer) on the same model and rows
+    base_ = engine.cache.bases[next(iter(engine.cache.bases))]
+    names = {k: [loaded.name for loaded in list(engine.cache.adapters.values())[:k] for _ in range(rows // k)]
+             for k in (1, 16)}
+    encoded = base_.tokenizer([TEXTS[i % len(TEXTS)] for i in range(rows)], return_tensors="pt", padding=True)
+    peft_seconds: dict[int, list[float]] = {k: [] for k in names}
+    for _ in range(max(2, reps // 2)):
+        for k, row_names in names.items():
+            started = time.perf_counter()
+            with torch.no_grad():
+                base_.model(**encoded, adapter_names=row_names)
+            peft_seconds[k].append(time.perf_counter() - started)
+    peft_throughput = {k: round(rows / statistics.median(v), 1) for k, v in peft_seconds.items()}
     # the naive way: for each request (one adapter's rows), load the adapter from S3, run, drop it
     naive: dict[int, list[float]] = {k: [] for k in (1, 16)}
     model = peft.PeftModel.from_pretrained(base("minilm-l6"), folder, adapter_name="keep").eval()
@@ -232,12 +247,16 @@ def bench_mixed(tmp: Path, reps: int, naive_reps: int) -> dict[str, Any]:
             naive[k].append(time.perf_counter() - started)
     return {"rows_per_batch": rows, "service_rows_per_s": throughput,
             "service_16_over_1": round(throughput[16] / throughput[1], 3),
+            "peft_adapter_names_rows_per_s": peft_throughput,
+            "peft_16_over_service_1": round(peft_throughput[16] / throughput[1], 3),
             "naive_rows_per_s": {k: round(rows / statistics.median(v), 1) for k, v in naive.items()}}
 
 
 def bench_generation(tmp: Path, reps: int) -> dict[str, Any]:
     import peft
     import torch
+
+    from workers.inference.decode import DecodeRow, decode_batch
 
     torch.set_num_threads(2)
     folders = [lora_folder(tmp / f"gen{i}", model_name="tiny-llama", r=8, seed=10 + i) for i in range(8)]
@@ -260,23 +279,48 @@ def bench_generation(tmp: Path, reps: int) -> dict[str, Any]:
                            pad_token_id=tokenizer.pad_token_id)
         return time.perf_counter() - started
 
+    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+
+    def ours(names: list[str], new: int) -> float:  # the service: decode.py, rows batched through batched_lora.py
+        rows = [DecodeRow(prompt=ids, adapter=name, max_tokens=new, on_token=lambda _: False)
+                for ids, name in zip(prompt_ids, names, strict=True)]
+        started = time.perf_counter()
+        decode_batch(model, rows, eos=None, pad=tokenizer.pad_token_id)
+        return time.perf_counter() - started
+
+    def one_at_a_time(names: list[str], new: int) -> float:  # the service before: one prompt at a time
+        started = time.perf_counter()
+        with torch.no_grad():
+            for ids, name in zip(prompt_ids, names, strict=True):
+                model.set_adapter(name)
+                model.generate(input_ids=torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return time.perf_counter() - started
+
     variants = {"one_adapter": ["g0"] * 8, "eight_adapters": [f"g{i}" for i in range(8)]}
-    prefill: dict[str, list[float]] = {k: [] for k in variants}
-    decode: dict[str, list[float]] = {k: [] for k in variants}
+    ways = {"service": ours, "peft": run, "one_at_a_time": one_at_a_time}
+    prefill = {(w, k): [] for w in ways for k in variants}
+    decode = {(w, k): [] for w in ways for k in variants}
     run(variants["one_adapter"], 2)
+    ours(variants["one_adapter"], 2)
     for _ in range(reps):
-        for key, names in variants.items():
-            first = run(names, 1)
-            whole = run(names, steps + 1)
-            prefill[key].append(first)
-            decode[key].append((whole - first) / steps)
-    result = {"prompts": 8, "decode_steps": steps,
-              "peft_prefill_ms": {k: median_ms(v) for k, v in prefill.items()},
-              "peft_decode_step_ms": {k: median_ms(v) for k, v in decode.items()}}
-    result["peft_decode_kept"] = round(result["peft_decode_step_ms"]["one_adapter"] /
-                                       result["peft_decode_step_ms"]["eight_adapters"], 3)
-    result["peft_prefill_kept"] = round(result["peft_prefill_ms"]["one_adapter"] /
-                                        result["peft_prefill_ms"]["eight_adapters"], 3)
+        for way, fn in ways.items():
+            for key, names in variants.items():
+                first = fn(names, 1)
+                whole = fn(names, steps + 1)
+                prefill[way, key].append(first)
+                decode[way, key].append((whole - first) / steps)
+    result: dict[str, Any] = {"prompts": 8, "decode_steps": steps}
+    for way in ways:
+        result[f"{way}_prefill_ms"] = {k: median_ms(prefill[way, k]) for k in variants}
+        result[f"{way}_decode_step_ms"] = {k: median_ms(decode[way, k]) for k in variants}
+        result[f"{way}_decode_kept"] = round(result[f"{way}_decode_step_ms"]["one_adapter"] /
+                                             result[f"{way}_decode_step_ms"]["eight_adapters"], 3)
+        result[f"{way}_prefill_kept"] = round(result[f"{way}_prefill_ms"]["one_adapter"] /
+                                              result[f"{way}_prefill_ms"]["eight_adapters"], 3)
+    result["service_over_one_at_a_time_decode_8_adapters"] = round(
+        result["one_at_a_time_decode_step_ms"]["eight_adapters"] / result["service_decode_step_ms"]["eight_adapters"],
+        2)
     return result
 
 
