@@ -472,8 +472,9 @@ class OomRetry:
 def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, train_rows: list[dict[str, Any]],
                 eval_rows: list[dict[str, Any]], out: Path, device: str, callbacks: Sequence[Any] = (),
                 resume: str | None = None, on_oom: Callable[[OomRetry], None] | None = None,
-                training_step: Callable[..., Any] | None = None) -> Any:
-    """Train `model` on the rows and return the Trainer (its state holds the logs).
+                training_step: Callable[..., Any] | None = None, bf16_measured: bool | None = None) -> Any:
+    """Train `model` on the rows and return the Trainer (its state holds the logs). `bf16_measured`: what
+    bf16_worthwhile found, decided once for all processes of a DDP job (None: measure here).
 
     `training_step` replaces the Trainer's (forward, backward) step for methods that update the
     weights themselves (MeZO: two forward passes, no backward).
@@ -488,7 +489,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
 
     threads_for_load(device)
     packed = packing_possible(model, task)
-    bf16 = bf16_worthwhile(device) and autocast_safe(model)
+    bf16 = (bf16_worthwhile(device) if bf16_measured is None else bf16_measured) and autocast_safe(model)
     if packed:
         model.config.use_cache = False  # a cache turns off the packed-sequence mask
     start_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
