@@ -106,7 +106,11 @@ def job_fit(job: Any, *, processes: int, labels: list[str], train_rows: list[dic
     work.mkdir(parents=True, exist_ok=True)
     (work / ROWS).write_text(json.dumps({"labels": labels, "train": train_rows, "eval": eval_rows},
                                         separators=(",", ":")))
-    argv = _launch_argv(job.id, processes, work=work, out=out, adapter=adapter, resume=resume)
+    from workers.training import engine
+
+    # measured once, here: a rank in bf16 and another in fp32 would not even agree on the weights' sizes
+    bf16 = engine.bf16_worthwhile(engine.device_pick())
+    argv = _launch_argv(job.id, processes, work=work, out=out, adapter=adapter, resume=resume, bf16=bf16)
     with open(work / LOG, "wb") as output:
         proc = subprocess.Popen(argv, cwd=ROOT, env=_rank_env(processes), stdout=output, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # a signal to the worker's group is the worker's to relay
@@ -130,8 +134,8 @@ def _rank_error(output: str) -> str:
     return (errors[-1] if errors else output.strip().splitlines()[-1] if output.strip() else "no output")[:800]
 
 
-def _launch_argv(job_id: int, processes: int, *, work: Path, out: Path, adapter: Path,
-                 resume: str | None) -> list[str]:
+def _launch_argv(job_id: int, processes: int, *, work: Path, out: Path, adapter: Path, resume: str | None,
+                 bf16: bool) -> list[str]:
     # An explicit config, so that a user's ~/.cache/huggingface/accelerate/default_config.yaml changes nothing.
     config = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "mixed_precision": "no",
               "use_cpu": False, "debug": False, "num_processes": processes, "num_machines": 1}
@@ -140,7 +144,7 @@ def _launch_argv(job_id: int, processes: int, *, work: Path, out: Path, adapter:
             "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
             "--dynamo_backend", "no", "--main_process_port", str(free_port()),
             "-m", "workers.distributed", str(job_id), "--work", str(work), "--out", str(out),
-            "--adapter", str(adapter)]
+            "--adapter", str(adapter), "--bf16", str(int(bf16))]
     return argv + (["--resume", resume] if resume else [])
 
 
@@ -263,7 +267,7 @@ class RankSync(TrainerCallback):
             self.progress.on_epoch_end(args, state, control, **kwargs)
 
 
-def rank_train(*, job_id: int, work: Path, out: Path, adapter: Path, resume: str | None) -> None:
+def rank_train(*, job_id: int, work: Path, out: Path, adapter: Path, resume: str | None, bf16: bool) -> None:
     """One rank's part of the job: build the model and train its shard; rank 0 reports and saves."""
     from api.jobs import services
     from api.jobs.models import Job
@@ -298,14 +302,15 @@ def rank_train(*, job_id: int, work: Path, out: Path, adapter: Path, resume: str
             data={"examples": len(data["train"]), "trainable_parameters": trainable, "total_parameters": total,
                   "device": device, "processes": len(ranks), "backend": "nccl" if device == "cuda" else "gloo",
                   "per_process_batch_size": rank_hp.batch_size, "ranks": ranks,
-                  "bf16": engine.bf16_worthwhile(device) and engine.autocast_safe(model)})
+                  "bf16": bf16 and engine.autocast_safe(model)})
 
     def oom_fail(retry: engine.OomRetry) -> None:  # one rank retrying alone would leave the others waiting
         raise DistributedError(f"rank {rank} ran out of memory ({retry.error}); lower batch_size")
 
     trainer = engine.trainer_fit(
         model, task=job.task, tokenizer=tokenizer, hp=rank_hp, train_rows=data["train"], eval_rows=data["eval"],
-        out=out, device=device, resume=resume, on_oom=oom_fail, callbacks=[RankSync(progress, ranks_record)])
+        out=out, device=device, resume=resume, on_oom=oom_fail, callbacks=[RankSync(progress, ranks_record)],
+        bf16_measured=bf16)
     if progress is None:
         return
     if not progress.stop_reason:
@@ -322,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--work", "--out", "--adapter"):
         parser.add_argument(name, type=Path, required=True)
     parser.add_argument("--resume")
+    parser.add_argument("--bf16", type=int, choices=(0, 1), required=True)
     args = parser.parse_args(argv)
     from api.ops.logs import job_id_var
 
     job_id_var.set(args.job_id)
-    rank_train(job_id=args.job_id, work=args.work, out=args.out, adapter=args.adapter, resume=args.resume)
+    rank_train(job_id=args.job_id, work=args.work, out=args.out, adapter=args.adapter, resume=args.resume,
+               bf16=bool(args.bf16))
     return 0
 
 
