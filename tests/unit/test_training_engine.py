@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from api.datasets.examples import Example
+from tests.unit.test_methods_table import _batch, _build, _case_id, _cases
 from workers.base_models import base_model_get, model_load, tokenizer_load
+from workers.methods.registry import method_config_resolve, method_get
 from workers.training import engine, estimate
 from workers.training.data import encode_all
 from workers.training.hyperparameters import Hyperparameters
@@ -80,8 +82,6 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
     tokenizer = tokenizer_load(entry)
     rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
     model = model_load(entry, task="classification", vocab_size=len(tokenizer), labels=["0", "1"])
-    from workers.methods.registry import method_get
-
     lora = method_get("lora")
     model = lora.build(model, lora.config().model_dump(), task="classification")
     retries: list[engine.OomRetry] = []
@@ -106,8 +106,6 @@ def test_estimate_counts_tokens_steps_memory_and_time() -> None:
 
 
 def lora_tiny_bert() -> Any:
-    from workers.methods.registry import method_get
-
     entry = base_model_get("tiny-bert")
     tokenizer = tokenizer_load(entry)
     model = model_load(entry, task="classification", vocab_size=len(tokenizer), labels=["0", "1"])
@@ -190,3 +188,36 @@ def test_threads_follow_idle_cores(settings: Any) -> None:
     assert 1 <= engine.threads_for_load("cpu") <= len(cpus)
     settings.TRAIN_THREADS = 1
     assert engine.threads_for_load("cpu") == 1
+
+
+# every method on every task; the LoRA variants (init, DoRA) on classification alone, to keep this short
+FAST_PATH_CASES = [c for c in _cases() if c[1] == "classification" or c[0] != "lora" or not c[2]]
+
+
+@pytest.mark.parametrize("case", FAST_PATH_CASES, ids=_case_id)
+def test_every_peft_method_trains_on_the_fast_path(case: tuple[str, str, dict[str, Any]]) -> None:
+    """The methods table's cases (tests/unit/test_methods_table.py), a few steps as trainer_fit runs them: frozen
+    weights in bf16 under autocast, int16 dropout; then the model is handed back with its fp32 base."""
+    name, task, extra = case
+    method = method_get(name)
+    batch = _batch(task)
+    model = _build(method, task, method_config_resolve(name, extra), batch)
+    assert engine.autocast_safe(model)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    with engine.fast_path(model, device="cpu", bf16=True) as applied:
+        assert "frozen_weights_bf16" in applied
+        for step in range(1, 3):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(**batch).loss
+            assert torch.isfinite(loss), f"{name} on {task}: loss {loss}"
+            loss.backward()
+            optimizer.step()
+            if method.after_step:
+                method.after_step(model, step)
+            optimizer.zero_grad()
+    params = dict(model.named_parameters())
+    assert all(params[n].dtype == p.dtype and torch.equal(params[n], p) for n, p in frozen.items() if n in params)
+    assert any(not torch.equal(params[n], p) for n, p in trainable.items() if n in params), f"{name}: nothing moved"
