@@ -111,8 +111,8 @@ def job_fit(job: Any, *, processes: int, labels: list[str], train_rows: list[dic
     # measured once, here: a rank in bf16 and another in fp32 would not even agree on the weights' sizes
     bf16 = engine.bf16_worthwhile(engine.device_pick())
     argv = _launch_argv(job.id, processes, work=work, out=out, adapter=adapter, resume=resume, bf16=bf16)
-    with open(work / LOG, "wb") as output:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=_rank_env(processes), stdout=output, stderr=subprocess.STDOUT,
+    with open(work / LOG, "wb") as launch_log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=_rank_env(processes), stdout=launch_log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # a signal to the worker's group is the worker's to relay
     log.info("job %s: launched %s processes (pid %s)", job.id, processes, proc.pid)
     try:
