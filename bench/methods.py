@@ -67,6 +67,14 @@ WHY_NOT = {
                      "large models or many epochs",
     "prefix_tuning": "trained keys and values only, on a small encoder, in 125 steps; the train loss still falls "
                      "(see the loss column)",
+    "adalora": "stays at the majority class at lr 1e-3 in 125 steps (lora_E starts at zero and its gradient is "
+               "scaled by A and B at 0.02, plus the orthogonality penalty); not yet rerun at a higher rate",
+    "loha": "barely learns at lr 1e-3 in 125 steps (one Hadamard factor starts at zero, so the update grows "
+            "slowly); LyCORIS trains it at higher rates; not yet rerun at one",
+    "lokr": "barely learns at lr 1e-3 in 125 steps (the Kronecker factor starts at zero); not yet rerun at a "
+            "higher rate",
+    "vera": "frozen random projections with only the scaling vectors trained (8k parameters with the head): "
+            "close to the target in one epoch",
     "lt_sft": "a fine-tuning rate (1e-4) for 125 steps: the fresh classifier head learns slowly, the selection "
               "resets the body to the base halfway, and the sparse phase (63 steps, 1% of the weights) starts "
               "again from there; the paper trains for epochs in each phase",
