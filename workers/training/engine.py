@@ -11,8 +11,8 @@ The fast path, for every task and method:
 - on CPU, nn.Dropout's mask drawn as 16-bit random integers (a quarter of the generator calls of
   torch's bernoulli_; the drop probability is p to 1/65536): LoRA's dropout on every adapted layer's
   input was a third of the step;
-- one intra-op thread per idle core at the start of training (a thread on a core another process
-  holds stalls every parallel region);
+- one intra-op thread per core no other process is using, measured before training and every 10 s
+  during it (a thread on a core another process holds stalls every parallel region);
 - token ids cached per dataset sha256, tokenizer and max length, as safetensors.
 """
 
