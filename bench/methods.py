@@ -70,9 +70,14 @@ WHY_NOT = {
     "adalora": "stays at the majority class at lr 1e-3 in 125 steps (lora_E starts at zero and its gradient is "
                "scaled by A and B at 0.02, plus the orthogonality penalty); not yet rerun at a higher rate",
     "loha": "barely learns at lr 1e-3 in 125 steps (one Hadamard factor starts at zero, so the update grows "
-            "slowly); LyCORIS trains it at higher rates; not yet rerun at one",
+            "slowly; the same in fp32 without the engine's bf16 fast path: 0.5092); LyCORIS trains it at higher "
+            "rates; not yet rerun at one",
     "lokr": "barely learns at lr 1e-3 in 125 steps (the Kronecker factor starts at zero); not yet rerun at a "
             "higher rate",
+    "hra": "stays at the majority class at lr 1e-3 in 125 steps (the reflections start as the identity); not yet "
+           "rerun at a higher rate",
+    "boft": "stays at the majority class at lr 1e-3 in 125 steps (butterfly rotations start as the identity); OFT "
+            "with the same rate reaches the target; not yet rerun at a higher rate",
     "vera": "frozen random projections with only the scaling vectors trained (8k parameters with the head): "
             "close to the target in one epoch",
     "lt_sft": "a fine-tuning rate (1e-4) for 125 steps: the fresh classifier head learns slowly, the selection "
