@@ -4,6 +4,7 @@ against peft's default paths and the naive way (load the adapter for each reques
 usage (from the repo root):
   .venv/bin/python bench/inference.py            # everything; writes bench/results/inference.json
   .venv/bin/python bench/inference.py --quick    # fewer repetitions and adapters (a smoke run)
+  .venv/bin/python bench/inference.py --only generation --reps 15   # one section again; the others are kept
 
 A real SeaweedFS (storage/embedded.py, as the tests start it) holds the adapters; every cold load downloads the
 files and checks their sha256. No database: the bench hands the cache the same version descriptions
@@ -255,6 +256,7 @@ def bench_mixed(tmp: Path, reps: int, naive_reps: int) -> dict[str, Any]:
 def bench_generation(tmp: Path, reps: int) -> dict[str, Any]:
     import peft
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
     from workers.inference.decode import DecodeRow, decode_batch
 
@@ -272,44 +274,65 @@ def bench_generation(tmp: Path, reps: int) -> dict[str, Any]:
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
     steps = 32
 
-    def run(names: list[str], new: int) -> float:
+    class Clock(StoppingCriteria):  # when each new token is out
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    def timed(times: list[float], started: float) -> tuple[float, list[float]]:
+        return times[0] - started, [b - a for a, b in zip(times, times[1:], strict=False)]
+
+    def run(names: list[str]) -> tuple[float, list[float]]:  # peft's generate with per-row adapter_names
+        clock = Clock()
         started = time.perf_counter()
         with torch.no_grad():
-            model.generate(**encoded, adapter_names=names, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                           pad_token_id=tokenizer.pad_token_id)
-        return time.perf_counter() - started
+            model.generate(**encoded, adapter_names=names, max_new_tokens=steps + 1, min_new_tokens=steps + 1,
+                           do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                           stopping_criteria=StoppingCriteriaList([clock]))
+        return timed(clock.times, started)
 
     prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
 
-    def ours(names: list[str], new: int) -> float:  # the service: decode.py, rows batched through batched_lora.py
-        rows = [DecodeRow(prompt=ids, adapter=name, max_tokens=new, on_token=lambda _: False)
-                for ids, name in zip(prompt_ids, names, strict=True)]
+    def ours(names: list[str]) -> tuple[float, list[float]]:  # the service: decode.py through batched_lora.py
+        times: list[float] = []
+        rows = [DecodeRow(prompt=ids, adapter=name, max_tokens=steps + 1,
+                          on_token=(lambda _: times.append(time.perf_counter()) or False) if i == 0 else
+                          (lambda _: False)) for i, (ids, name) in enumerate(zip(prompt_ids, names, strict=True))]
         started = time.perf_counter()
         decode_batch(model, rows, eos=None, pad=tokenizer.pad_token_id)
-        return time.perf_counter() - started
+        return timed(times, started)
 
-    def one_at_a_time(names: list[str], new: int) -> float:  # the service before: one prompt at a time
-        started = time.perf_counter()
+    def one_at_a_time(names: list[str]) -> tuple[float, list[float]]:  # the service before: prompt by prompt
+        first, gaps = 0.0, []
         with torch.no_grad():
             for ids, name in zip(prompt_ids, names, strict=True):
                 model.set_adapter(name)
-                model.generate(input_ids=torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new,
-                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return time.perf_counter() - started
+                clock = Clock()
+                started = time.perf_counter()
+                model.generate(input_ids=torch.tensor([ids]), max_new_tokens=steps + 1, min_new_tokens=steps + 1,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                               stopping_criteria=StoppingCriteriaList([clock]))
+                prefill_s, step_gaps = timed(clock.times, started)
+                first += prefill_s
+                gaps += [gap * len(prompt_ids) for gap in step_gaps]  # a step of all 8 prompts, one after another
+        return first, gaps
 
     variants = {"one_adapter": ["g0"] * 8, "eight_adapters": [f"g{i}" for i in range(8)]}
     ways = {"service": ours, "peft": run, "one_at_a_time": one_at_a_time}
-    prefill = {(w, k): [] for w in ways for k in variants}
-    decode = {(w, k): [] for w in ways for k in variants}
-    run(variants["one_adapter"], 2)
-    ours(variants["one_adapter"], 2)
+    prefill: dict[tuple[str, str], list[float]] = {(w, k): [] for w in ways for k in variants}
+    decode: dict[tuple[str, str], list[float]] = {(w, k): [] for w in ways for k in variants}
+    run(variants["one_adapter"])
+    ours(variants["one_adapter"])
     for _ in range(reps):
         for way, fn in ways.items():
             for key, names in variants.items():
-                first = fn(names, 1)
-                whole = fn(names, steps + 1)
+                first, gaps = fn(names)
                 prefill[way, key].append(first)
-                decode[way, key].append((whole - first) / steps)
+                decode[way, key] += gaps
+    # prefill: median over repetitions; a decode step: median of every step's time (token to token) of all of them
     result: dict[str, Any] = {"prompts": 8, "decode_steps": steps}
     for way in ways:
         result[f"{way}_prefill_ms"] = {k: median_ms(prefill[way, k]) for k in variants}
@@ -369,44 +392,58 @@ def bench_many(tmp: Path, registered: int, requests: int) -> dict[str, Any]:
     return out
 
 
+SECTIONS = {"cold": "cold_load", "warm": "warm_switch", "mixed": "mixed_batches", "generation": "generation",
+            "many": "many_adapters"}
+
+
+def _section(name: str, tmp: Path, reps: int, quick: bool) -> dict[str, Any]:
+    if name == "cold":
+        return bench_cold_load(tmp, reps)
+    if name == "warm":
+        return bench_warm_switch(tmp, reps)
+    if name == "mixed":
+        return bench_mixed(tmp, reps, naive_reps=1 if quick else 3)
+    if name == "generation":
+        return bench_generation(tmp, reps)
+    return bench_many(tmp, 200 if quick else 1000, 400 if quick else 2000)
+
+
 def main() -> None:
+    import subprocess
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="cold,warm,mixed,generation,many")
+    parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument("--reps", type=int, default=0, help="repetitions (default 7, --quick 3)")
     args = parser.parse_args()
-    reps = 3 if args.quick else 7
+    reps = args.reps or (3 if args.quick else 7)
     tmp = Path(tempfile.mkdtemp(prefix="foundry-bench-inference-"))
     proc = services_start(tmp)
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "quick": args.quick}
+    path = RESULTS / ("inference-quick.json" if args.quick else "inference.json")
+    # sections run alone (--only) replace their own entry; the others keep their last run's figures
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    results.update({"machine": {"cpus": os.cpu_count()}, "quick": args.quick})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
     try:
         import torch
 
         torch.set_num_threads(2)
-        only = set(args.only.split(","))
-        if "cold" in only:
-            results["cold_load"] = bench_cold_load(tmp, reps)
-            print(json.dumps(results["cold_load"]), flush=True)
-        if "warm" in only:
-            results["warm_switch"] = bench_warm_switch(tmp, reps)
-            print(json.dumps(results["warm_switch"]), flush=True)
-        if "mixed" in only:
-            results["mixed_batches"] = bench_mixed(tmp, reps, naive_reps=1 if args.quick else 3)
-            print(json.dumps(results["mixed_batches"]), flush=True)
-        if "generation" in only:
-            results["generation"] = bench_generation(tmp, reps)
-            print(json.dumps(results["generation"]), flush=True)
-        if "many" in only:
-            results["many_adapters"] = bench_many(tmp, 200 if args.quick else 1000, 400 if args.quick else 2000)
-            print(json.dumps(results["many_adapters"]), flush=True)
+        for name in [n for n in SECTIONS if n in set(args.only.split(","))]:
+            load_before = os.getloadavg()[0]
+            result = _section(name, tmp, reps, args.quick)
+            result["run"] = {"commit": commit, "repetitions": reps, "load_average_before": round(load_before, 1),
+                             "load_average_after": round(os.getloadavg()[0], 1)}
+            results[SECTIONS[name]] = result
+            print(json.dumps(result), flush=True)
     finally:  # the sections that finished are written even when a later one fails
         from storage import embedded
 
         embedded.stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        name = "inference-quick.json" if args.quick else "inference.json"
-        (RESULTS / name).write_text(json.dumps(results, indent=2, sort_keys=True))
-        print(f"wrote {RESULTS / name}")
+        path.write_text(json.dumps(results, indent=2, sort_keys=True))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,11 @@ def test_dora_layers_keep_peft_path() -> None:
             got_dora = model(**encoded).logits  # peft refuses adapter_names for DoRA: its forward, set adapter
     assert torch.allclose(got, want, atol=1e-5)
     assert torch.allclose(got_dora, want_dora, atol=1e-5)
+
+
+def test_lora_layers_are_every_lora_linear() -> None:
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model = _model(["r4", "r2q"])
+    every = {id(m) for m in model.modules() if type(m) is LoraLinear}
+    assert {id(m) for m in lora_layers(model)} == every and len(every) > 2

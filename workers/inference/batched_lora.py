@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
 
 BASE = "__base__"  # peft's name for rows that take no adapter
 
@@ -108,7 +110,16 @@ def _forward(layer: LoraLinear, rows: LoraRows, original: Any, x: torch.Tensor, 
     return result + torch.bmm(h, b).reshape(result.shape).to(result.dtype)
 
 def lora_layers(model: torch.nn.Module) -> list[LoraLinear]:
-    return [m for m in model.modules() if type(m) is LoraLinear]
+    """The model's LoRA Linears, found without walking into any adapter layer or head copy: their submodules
+    (lora_A, lora_B, dropout per adapter) grow with the adapters loaded, the base model's tree does not."""
+    found, stack = [], [model]
+    while stack:
+        for child in stack.pop()._modules.values():
+            if type(child) is LoraLinear:
+                found.append(child)
+            elif child is not None and not isinstance(child, BaseTunerLayer | ModulesToSaveWrapper):
+                stack.append(child)
+    return found
 
 
 @contextmanager
