@@ -181,6 +181,13 @@ def main() -> None:
         print(f"run {i + 1} plain:   {plain_runs[-1]}", flush=True)
         service_runs.append({**run(child_cmd(args, [], seed), threads_env), "seed": seed})
         print(f"run {i + 1} service: {service_runs[-1]}", flush=True)
+        report = speed_report(args, peaks, plain_runs, service_runs)  # written after every pair: a cut run keeps
+        write(report, f"train_speed-{args.task}-speed.json")  # the pairs it finished
+    print(json.dumps({"median": report["median"], "ratio": report["ratio_service_over_plain"]}, indent=2))
+
+
+def speed_report(args: argparse.Namespace, peaks: dict[str, float], plain_runs: list[dict[str, Any]],
+                 service_runs: list[dict[str, Any]]) -> dict[str, Any]:
     plain, service = summary(plain_runs), summary(service_runs)
     layers, width = (2, 32) if args.task == "sft" else (6, 384)
     attention = attention_flops(args.task, args.rows, args.seed, layers, width)
@@ -195,16 +202,14 @@ def main() -> None:
               "samples_per_s": round(service["samples_per_s"] / plain["samples_per_s"], 2),
               "real_tokens_per_s_by_run": [round(s["real_tokens_per_s"] / p["real_tokens_per_s"], 2)
                                            for p, s in zip(plain_runs, service_runs, strict=True)]}
-    report = {"task": args.task, "mode": "speed", "rows": args.rows, "runs": args.runs,
-              "command": " ".join(["bench/train_speed.py", *sys.argv[1:]]),
-              "plain_command": " ".join(Path(c).name if c.endswith(".py") else c for c in plain_cmd[1:]),
-              "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
-              "model_flops_per_real_token": flops_per_token,
-              "median": {"plain": plain, "service": service}, "ratio_service_over_plain": ratios,
-              "plain_runs": plain_runs, "service_runs": service_runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "load_average_at_end": os.getloadavg()}
-    print(json.dumps({"median": report["median"], "ratio": ratios}, indent=2))
-    write(report, f"train_speed-{args.task}-speed.json")
+    return {"task": args.task, "mode": "speed", "rows": args.rows, "runs": args.runs,
+            "runs_done": len(service_runs), "command": " ".join(["bench/train_speed.py", *sys.argv[1:]]),
+            "plain_script": (PLAIN if args.task == "classification" else PLAIN_SFT).name,
+            "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+            "model_flops_per_real_token": flops_per_token,
+            "median": {"plain": plain, "service": service}, "ratio_service_over_plain": ratios,
+            "plain_runs": plain_runs, "service_runs": service_runs, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "load_average_at_end": os.getloadavg()}
 
 
 def quality(args: argparse.Namespace, peaks: dict[str, float]) -> None:
