@@ -78,6 +78,13 @@ WHY_NOT = {
            "rerun at a higher rate",
     "boft": "stays at the majority class at lr 1e-3 in 125 steps (butterfly rotations start as the identity); OFT "
             "with the same rate reaches the target; not yet rerun at a higher rate",
+    "adapter_parallel": "the default scaling 0.1 shrinks the adapter's output tenfold, so at lr 1e-3 it moves "
+                        "slowly (train loss still falling)",
+    "fourierft": "1,000 spectral coefficients per layer; train loss still falling at the end of the epoch",
+    "randlora": "stays at the majority class at lr 5e-3 in 125 steps; not yet rerun at another rate",
+    "poly": "a mixture of 4 LoRA skills behind a router that starts uniform: stays at the majority class at lr "
+            "1e-3 in 125 steps; not yet rerun at a higher rate",
+    "p_tuning": "virtual tokens from a prompt encoder, like prompt tuning: needs far more steps on a small encoder",
     "vera": "frozen random projections with only the scaling vectors trained (8k parameters with the head): "
             "close to the target in one epoch",
     "lt_sft": "a fine-tuning rate (1e-4) for 125 steps: the fresh classifier head learns slowly, the selection "
