@@ -26,7 +26,7 @@ def foundry(tmp_path: Path) -> Any:
 
     def run(*args: str, ok: bool = True, **extra_env: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=180)
+                              capture_output=True, text=True, timeout=600)
         if ok:
             assert done.returncode == 0, (args, done.stdout, done.stderr)
         return done
