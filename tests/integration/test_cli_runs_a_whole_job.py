@@ -70,8 +70,10 @@ def test_cli_trains_watches_aliases_downloads_and_cancels(live_server: Any, work
     foundry("aliases", "drop", "cli-chat", "production")
     assert "production" not in foundry("adapters", "versions", "cli-chat").stdout
 
+    # long enough (1,200 steps) that the cancel always lands first, whether the worker has started it or not
     queued = json.loads(foundry("--json", "jobs", "create", "--base-model", "tiny-llama", "--task", "sft",
-                                "--dataset", str(dataset["id"]), "--adapter", "cli-other").stdout)
+                                "--dataset", str(dataset["id"]), "--adapter", "cli-other", "--hp", "epochs=100",
+                                "--hp", "batch_size=1").stdout)
     foundry("cancel", str(queued["id"]))
     watched = foundry("jobs", "watch", str(queued["id"]), "--interval", "0.2", ok=False)
     assert watched.returncode == 1 and f"job {queued['id']} cancelled" in watched.stdout
