@@ -23,7 +23,7 @@ from api.jobs.services import (
     job_create,
     job_input_estimate,
     job_input_resolve,
-    worker_memory_largest,
+    job_memory_fits,
 )
 from api.pagination import paginated_response
 from api.schema import page_parameters, paginated
@@ -126,10 +126,8 @@ class JobEstimateApi(APIView):
         data.is_valid(raise_exception=True)
         fields = {k: v for k, v in data.validated_data.items() if k not in {"adapter_name", "priority"}}
         estimate = job_input_estimate(job_input_resolve(user=request.user, **fields))
-        largest = worker_memory_largest()
-        need = estimate.get("peak_memory_bytes")
-        return Response({"estimate": estimate, "largest_worker_memory_bytes": largest,
-                         "fits": not (need and largest and need > largest)})
+        fits, largest = job_memory_fits(estimate)
+        return Response({"estimate": estimate, "largest_worker_memory_bytes": largest, "fits": fits})
 
 
 class JobDetailApi(APIView):

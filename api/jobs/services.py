@@ -153,10 +153,17 @@ def worker_memory_largest() -> int | None:
     return max(sizes) if sizes and all(sizes) else None
 
 
+def job_memory_fits(estimate: dict[str, Any]) -> tuple[bool, int | None]:
+    """(whether some worker can hold the estimated peak memory, the largest worker's bytes or None)."""
+    need, largest = estimate.get("peak_memory_bytes"), worker_memory_largest()
+    return not (need and largest and need > largest), largest
+
+
 def job_memory_check(estimate: dict[str, Any]) -> None:
     """Refuse a job whose estimated peak memory no worker has, quoting the estimate."""
-    need, largest = estimate.get("peak_memory_bytes"), worker_memory_largest()
-    if need and largest and need > largest:
+    fits, largest = job_memory_fits(estimate)
+    if not fits and largest:
+        need = estimate["peak_memory_bytes"]
         raise JobInputError(
             f"this job needs an estimated {need / 2**30:.1f} GiB at peak ({estimate.get('tokens')} tokens, "
             f"{estimate.get('steps')} steps); the largest worker has {largest / 2**30:.1f} GiB: lower "
