@@ -40,9 +40,9 @@ BASE = {"epochs": 1, "batch_size": 32, "max_seq_length": 128, "seed": SEED}
 
 LR: dict[str, float] = {
     "ia3": 1e-2, "vera": 3e-2, "fourierft": 5e-2, "randlora": 1e-3, "ssf": 5e-3,
-    "loha": 1e-2, "lokr": 1e-2, "adalora": 1e-2, "hra": 1e-2, "boft": 5e-3, "poly": 5e-3, "adapter_parallel": 5e-3,
-    "prefix_tuning": 3e-2, "p_tuning": 1e-2, "prompt_tuning": 3e-2,
-    "lisa": 2e-4, "lt_sft": 5e-4,  # whole layers / every weight train: fine-tuning rates
+    "loha": 1e-2, "lokr": 1e-2, "adalora": 2e-2, "hra": 1e-2, "boft": 5e-3, "poly": 5e-3, "adapter_parallel": 5e-3,
+    "prefix_tuning": 3e-2, "p_tuning": 3e-2, "prompt_tuning": 3e-2,
+    "lisa": 2e-4, "lt_sft": 2e-4,  # whole layers / every weight train: fine-tuning rates
     "mezo": 1e-3,  # unused by MeZO's own step (its config's lr); the Trainer still needs one
 }
 DEFAULT_LR = 1e-3
