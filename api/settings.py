@@ -217,6 +217,9 @@ PREDICT_MAX_INPUTS = env_int("PREDICT_MAX_INPUTS", 64, minimum=1)
 
 WEB_HOST = env_str("WEB_HOST", "127.0.0.1")
 WEB_PORT = env_int("WEB_PORT", 8000, minimum=1)
+WEB_WORKERS = env_int("WEB_WORKERS", 2, minimum=1)  # web processes (uvicorn --workers)
+WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1)  # requests served at once per web process (api/asgi.py)
+WEB_WARM = env_bool("WEB_WARM", True)  # import the model code at start-up (a job's estimate needs it)
 
 # Security headers everywhere; HTTPS-only cookies, redirect and HSTS in production.
 SECURE_CONTENT_TYPE_NOSNIFF = True

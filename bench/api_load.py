@@ -10,7 +10,8 @@ What it does, all on loopback and bounded in time (setup, then runs x (warm-up +
   end; an embedded SeaweedFS for S3 (the health check and dataset uploads use it);
 - one user per client with an API token, a validated dataset and 3 jobs with 20 events each, made through
   the services (no training: no worker consumes the queue, so submitted jobs stay queued in Redis);
-- the web server exactly as `manage.py launch` starts it (uvicorn api.asgi:application), plus `--web-workers`;
+- the web server exactly as `manage.py launch` starts it (`python -m api.web`: uvicorn, WEB_WORKERS processes,
+  `--web-workers` to change);
 - each client, in a loop until the time is up: GET /jobs/{id} (poll), GET /jobs/{id}/events?after=N
   (poll events), GET /jobs (list) and POST /jobs (submit), in the mix of MIX, waiting think-ms (default 500,
   uniform 0..2x) between requests: twice the rate of `foundry jobs watch` (1 s), four times the UI's (2 s);
@@ -95,12 +96,11 @@ def fixtures_create(clients: int) -> list[dict[str, Any]]:
     return fixtures
 
 
-def server_start(env: dict[str, str], port: int, web_workers: int) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "uvicorn", "api.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning"]
-    if web_workers > 1:
-        argv += ["--workers", str(web_workers)]
-    return subprocess.Popen(argv, cwd=REPO, env={**os.environ, **env}, start_new_session=True)
+def server_start(env: dict[str, str], port: int, web_workers: int | None) -> subprocess.Popen:
+    """`python -m api.web`, the launcher's web command; WEB_WORKERS from --web-workers, else the setting's default."""
+    argv = [sys.executable, "-m", "api.web", "--host", "127.0.0.1", "--port", str(port)]
+    workers = {"WEB_WORKERS": str(web_workers)} if web_workers else {}
+    return subprocess.Popen(argv, cwd=REPO, env={**os.environ, **env, **workers}, start_new_session=True)
 
 
 async def server_wait(base: str, timeout: float = 60) -> None:
@@ -211,6 +211,7 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
                      for key in ("requests", "per_second", "p50_ms", "p99_ms")}
     out["total_per_second"] = round(statistics.median(sum(r[k]["per_second"] for k in MIX) for r in runs), 1)
     out["server_cpu_ms_per_request"] = statistics.median(r["server_cpu_ms_per_request"] for r in runs)
+    out["client_cpu_ms_per_request"] = statistics.median(r["client_cpu_ms_per_request"] for r in runs)
     return out
 
 
@@ -224,7 +225,8 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
         row = summary[kind]
         lines.append(f"{name:<28} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['per_second']:>8}")
     lines.append(f"{'all':<28} {'':>8} {'':>8} {summary['total_per_second']:>8}")
-    lines.append(f"web server CPU per request: {summary['server_cpu_ms_per_request']} ms")
+    lines.append(f"CPU per request: web server {summary['server_cpu_ms_per_request']} ms, load generator "
+                 f"{summary['client_cpu_ms_per_request']} ms")
     return "\n".join(lines)
 
 
@@ -243,7 +245,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--think-ms", type=float, default=500, help="mean pause between a client's requests")
-    parser.add_argument("--web-workers", type=int, default=1, help="uvicorn --workers (the launcher runs 1)")
+    parser.add_argument("--web-workers", type=int, default=None,
+                        help="WEB_WORKERS for the web process (default: the setting's, 2)")
     parser.add_argument("--database", default="foundry_bench")
     parser.add_argument("--out", type=Path, default=RESULTS / "api_load.json")
     args = parser.parse_args()
@@ -265,20 +268,26 @@ def main() -> None:
         t0 = time.monotonic()
         fixtures = fixtures_create(args.clients)
         print(f"fixtures: {args.clients} users, {3 * args.clients} jobs in {time.monotonic() - t0:.0f} s")
+        from django.conf import settings
+
+        args.web_workers = args.web_workers or settings.WEB_WORKERS
         server = server_start(env, web_port, args.web_workers)
         base = f"http://127.0.0.1:{web_port}"
         asyncio.run(server_wait(base))
         asyncio.run(server_warm(base, fixtures[0]))
         runs = []
         for run in range(args.runs):
-            cpu, load = cpu_seconds(server.pid), os.getloadavg()[0]
+            cpu, load, mine = cpu_seconds(server.pid), os.getloadavg()[0], time.process_time()
             result = asyncio.run(run_once(base, fixtures, args.seconds, args.warmup, args.think_ms / 1000, run))
             requests = sum(result[k]["requests"] for k in MIX)
             # The warm-up's requests are not counted, its CPU is: an upper bound per request.
             result["server_cpu_ms_per_request"] = round(1000 * (cpu_seconds(server.pid) - cpu) / max(1, requests), 1)
+            # The load generator shares the 2 cores: what it spends is CPU the server did not have.
+            result["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - mine) / max(1, requests), 1)
             result["load_average_1m"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             print(f"run {run + 1}: " + ", ".join(f"{k} p99 {result[k]['p99_ms']} ms" for k in MIX)
-                  + f"; server CPU {result['server_cpu_ms_per_request']} ms/request; load {result['load_average_1m']}"
+                  + f"; server CPU {result['server_cpu_ms_per_request']} ms/request, client "
+                  + f"{result['client_cpu_ms_per_request']}; load {result['load_average_1m']}"
                   + (f"; errors {result['errors']}" if result["errors"] else ""))
             runs.append(result)
     finally:

@@ -16,7 +16,7 @@ from api.jobs.selectors import (
     job_metrics,
     job_queue_eta_seconds,
     job_queue_positions,
-    queue_wait_basis,
+    queue_wait_basis_recent,
 )
 from api.jobs.services import (
     job_cancel,
@@ -63,7 +63,7 @@ class JobOutputSerializer(serializers.ModelSerializer):
         if job.status != JobStatus.QUEUED:
             return None
         queue = self._queue()
-        queue["basis"] = queue["basis"] or queue_wait_basis()
+        queue["basis"] = queue["basis"] or queue_wait_basis_recent()
         return job_queue_eta_seconds(job=job, position=queue["positions"].get(job.id), basis=queue["basis"])
 
     def get_error(self, job: Job) -> dict[str, str] | None:

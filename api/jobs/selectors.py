@@ -1,4 +1,6 @@
 import statistics
+import threading
+import time
 from collections.abc import Sequence
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -54,6 +56,21 @@ def queue_wait_basis() -> tuple[int, float, float]:
         .order_by("-finished_at").values_list("started_at", "finished_at")[:20]
     ]
     return workers, remaining, statistics.median(recent) if recent else 0.0
+
+
+BASIS_MAX_AGE = 2.0  # seconds a web process reuses the basis: every poll of a queued job would read it again
+_basis_lock = threading.Lock()
+_basis: tuple[float, tuple[int, float, float]] | None = None
+
+
+def queue_wait_basis_recent() -> tuple[int, float, float]:
+    """queue_wait_basis, read at most once per BASIS_MAX_AGE in this process (it is the same for every job, and
+    an ETA moves by the second anyway)."""
+    global _basis
+    with _basis_lock:
+        if _basis is None or time.monotonic() - _basis[0] > BASIS_MAX_AGE:
+            _basis = (time.monotonic(), queue_wait_basis())
+        return _basis[1]
 
 
 def job_queue_eta_seconds(*, job: Job, position: int | None = None,

@@ -2,12 +2,14 @@
 (collected at scrape time) the queue, the job table and the live workers.
 
 Access: with METRICS_TOKEN set, `Authorization: Bearer <METRICS_TOKEN>` (or a staff session) and
-nothing else; without it, loopback clients and staff sessions only. Each web process keeps its own
-request counters: scrape every process (the queue and job figures are the same from any of them)."""
+nothing else; without it, loopback clients and staff sessions only. With several web processes
+(WEB_WORKERS > 1, `python -m api.web` sets PROMETHEUS_MULTIPROC_DIR) the request counters are kept in files
+that every process writes and any process's /metrics adds up (prometheus_client's multiprocess mode)."""
 
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +18,7 @@ from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -117,7 +119,18 @@ class FoundryCollector(Collector):
         yield workers
 
 
-REGISTRY.register(FoundryCollector())
+FOUNDRY = FoundryCollector()
+REGISTRY.register(FOUNDRY)
+
+
+def registry() -> CollectorRegistry:
+    """This process's registry, or, with several web processes, one that reads all their counters' files."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    shared = CollectorRegistry()
+    multiprocess.MultiProcessCollector(shared)
+    shared.register(FOUNDRY)
+    return shared
 
 
 def _loopback(request: HttpRequest) -> bool:
@@ -144,4 +157,4 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return HttpResponse("metrics need METRICS_TOKEN as a bearer token (or a loopback client when unset)\n",
                             status=403, content_type="text/plain")
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))  # text, or OpenMetrics if asked
-    return HttpResponse(encoder(REGISTRY), content_type=content_type)
+    return HttpResponse(encoder(registry()), content_type=content_type)

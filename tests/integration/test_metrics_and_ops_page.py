@@ -1,9 +1,17 @@
 """/metrics (Prometheus text, loopback or METRICS_TOKEN), the staff-only operators' page and
 GET /api/v1/ops/workers, against the real Redis (queue lists, worker reports) and database."""
 
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -16,9 +24,13 @@ from api.jobs.services import job_fail
 from api.ops import broker
 from api.ops.selectors import WORKER_KEY, queue_depths
 from tests.chaos.helpers import long_job, ready_dataset
-from tests.conftest import make_client
+from storage.embedded import free_port
+from tests.conftest import make_client, wait_for
 from workers.capabilities import devices_report, worker_report_build, worker_report_write
 from workers.tasks import job_train
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -121,3 +133,48 @@ def test_devices_report_describes_this_machine() -> None:
     report = devices_report()
     assert report["cpu"]["usable"] >= 1 and report["cuda"] == []  # this CPU machine has no CUDA device
     assert report["train_device"] == "auto"
+
+
+def test_several_web_processes_count_every_request_once(transactional_db: None, tmp_path: Path) -> None:
+    """`python -m api.web` with WEB_WORKERS=2: the /metrics of either process adds up the requests both served
+    (prometheus_client's multiprocess mode); per-process counters would show about half of them."""
+    from tests.chaos.conftest import _database_url
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": _database_url(), "WEB_WORKERS": "2", "WEB_WARM": "false"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = open(tmp_path / "web.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "api.web", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    answered: list[int] = []
+
+    def get(path: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Connection": "close"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, body = response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""  # not listening yet: no process saw it
+        if path == "/api/v1/health":
+            answered.append(status)
+        return status, body
+
+    try:
+        wait_for(lambda: get("/api/v1/health")[0], bool, timeout=120)
+        web = psutil.Process(proc.pid)
+        # uvicorn's two worker processes (multiprocessing's spawn; its resource tracker is a child too)
+        wait_for(lambda: [c for c in web.children() if "spawn_main" in " ".join(c.cmdline())], lambda c: len(c) == 2,
+                 timeout=60)
+        for _ in range(40):  # a fresh connection each: both processes accept from the shared socket
+            get("/api/v1/health")
+        status, text = get("/metrics")
+        assert status == 200, text
+        counted = sum(value for (name, labels), value in _samples(text).items()
+                      if name == "foundry_http_requests_total" and ("route", "/api/v1/health") in labels)
+        assert counted == len(answered) >= 41, (counted, len(answered))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()

@@ -65,6 +65,24 @@ def _model_shape(base_model: str, task: str) -> dict[str, int]:
             "layers": config.num_hidden_layers, "vocab": config.vocab_size}
 
 
+def warm() -> None:
+    """Import the model code and learn the shapes of the catalogue's local models (tiny ones, and any whose config
+    is on disk) before the first request, so that no client waits seconds for the first submission's imports."""
+    import logging
+    import os
+
+    from workers.base_models import catalogue
+
+    for model_id, entry in catalogue().items():
+        if not (entry.tiny or os.path.isdir(entry.source)):
+            continue  # a Hub model's config may need the network: learned on its first job instead
+        for task in ("classification", "sft"):
+            try:
+                model_shape(model_id, task)
+            except Exception:  # a model that cannot do a task, or an unreadable folder: its job will say why
+                logging.getLogger(__name__).debug("no %s shape for %s", task, model_id, exc_info=True)
+
+
 def _calibration_path(base_model: str, device: str) -> Path:
     bf16 = "bf16" if engine.bf16_worthwhile(device) else "fp32"
     name = f"{base_model}-{device}-{engine.threads_configure()}t-{bf16}.json"

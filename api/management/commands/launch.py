@@ -1,9 +1,9 @@
 """`make run`: start, supervise and cleanly stop the whole service on one machine.
 
 Starts an embedded redis-server when REDIS_URL is unset and an embedded SeaweedFS when
-S3_ENDPOINT_URL is unset, migrates, then runs the ASGI web server and the Celery workers
-(one for training, one for light work such as dataset validation). A worker that dies is
-started again. Everything binds to 127.0.0.1 unless WEB_HOST says otherwise."""
+S3_ENDPOINT_URL is unset, migrates, then runs the ASGI web server (`python -m api.web`, WEB_WORKERS
+processes) and the Celery workers (one for training, one for light work such as dataset validation).
+A worker that dies is started again. Everything binds to 127.0.0.1 unless WEB_HOST says otherwise."""
 
 import os
 import signal
@@ -79,8 +79,8 @@ class Command(BaseCommand):
 
     def _start_children(self, no_workers: bool) -> None:
         python = sys.executable
-        self.children.append(Child("web", [python, "-m", "uvicorn", "api.asgi:application", "--host",
-                                           settings.WEB_HOST, "--port", str(settings.WEB_PORT)], restart=True))
+        self.children.append(Child("web", [python, "-m", "api.web", "--host", settings.WEB_HOST, "--port",
+                                           str(settings.WEB_PORT)], restart=True))
         self.children.append(Child("inference", [python, "-m", "workers.inference.server"], restart=True))
         if not no_workers:
             worker = [python, "-m", "celery", "-A", "api", "worker", "--pool=solo", "--loglevel=INFO"]
