@@ -2,6 +2,9 @@
 speed; the token cache returns what encoding returns; an out-of-memory error halves the micro-batch."""
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +224,24 @@ def test_every_peft_method_trains_on_the_fast_path(case: tuple[str, str, dict[st
     params = dict(model.named_parameters())
     assert all(params[n].dtype == p.dtype and torch.equal(params[n], p) for n, p in frozen.items() if n in params)
     assert any(not torch.equal(params[n], p) for n, p in trainable.items() if n in params), f"{name}: nothing moved"
+
+
+def test_niced_work_counts_as_free_cores() -> None:
+    """A worker that is not niced counts niced processes' CPU as free (they yield to it): with every core busy
+    with nice-19 spinners, the cores still read as free; counting them as used would leave about none."""
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        pytest.skip("this test process is niced itself: niced work does not yield to it")
+    cpus = os.sched_getaffinity(0)
+    spin = "import os, time\nos.nice(19)\nend = time.time() + 4\nwhile time.time() < end: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in cpus]
+    try:
+        time.sleep(1.0)
+        before = engine.cpu_sample(cpus)
+        time.sleep(1.5)
+        after = engine.cpu_sample(cpus)
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    assert before is not None and after is not None
+    assert engine.cores_free(before, after) >= len(cpus) / 2

@@ -86,7 +86,7 @@ def threads_configure() -> int:
 
 @dataclass(frozen=True)
 class CpuSample:
-    idle: dict[int, tuple[int, int]]  # cpu -> (idle + iowait, total) jiffies since boot
+    idle: dict[int, tuple[int, int]]  # cpu -> (idle + iowait [+ nice], total) jiffies since boot
     own: float  # this process's CPU seconds
     wall: float
 
@@ -94,13 +94,17 @@ class CpuSample:
 def cpu_sample(cpus: set[int]) -> CpuSample | None:
     """The host's CPU counters for `cpus` (/proc/stat) and this process's CPU time; None without /proc/stat."""
     idle = {}
+    # Time of niced processes (the `nice` column) counts as free for a process that is not niced itself: the
+    # scheduler gives such work way (weight 15 against 1024 at nice 19), so training should not shrink for it.
+    niced_yield = os.getpriority(os.PRIO_PROCESS, 0) <= 0
     try:
         with open("/proc/stat") as fh:
             for line in fh:
                 name, *fields = line.split()
                 if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
                     values = [int(v) for v in fields]
-                    idle[int(name[3:])] = (values[3] + values[4], sum(values[:8]))
+                    free = values[3] + values[4] + (values[1] if niced_yield else 0)
+                    idle[int(name[3:])] = (free, sum(values[:8]))
     except OSError:
         return None
     own = os.times()
