@@ -1,7 +1,7 @@
 """API load: N concurrent clients listing, polling and submitting jobs against the real web process.
 
 usage (from the repo root; PostgreSQL and Redis running on the machine):
-  .venv/bin/python bench/api_load.py                          # 50 clients, 3 runs of 20 s, medians
+  .venv/bin/python bench/api_load.py                          # 50 clients, 1 s pauses, 3 runs of 20 s, medians
   .venv/bin/python bench/api_load.py --clients 100 --seconds 30 --runs 1 --think-ms 0
 
 What it does, all on loopback and bounded in time (setup, then runs x (warm-up + seconds)):
@@ -13,8 +13,8 @@ What it does, all on loopback and bounded in time (setup, then runs x (warm-up +
 - the web server exactly as `manage.py launch` starts it (`python -m api.web`: uvicorn, WEB_WORKERS processes,
   `--web-workers` to change);
 - each client, in a loop until the time is up: GET /jobs/{id} (poll), GET /jobs/{id}/events?after=N
-  (poll events), GET /jobs (list) and POST /jobs (submit), in the mix of MIX, waiting think-ms (default 500,
-  uniform 0..2x) between requests: twice the rate of `foundry jobs watch` (1 s), four times the UI's (2 s);
+  (poll events), GET /jobs (list) and POST /jobs (submit), in the mix of MIX, waiting think-ms (default 1000,
+  uniform 0..2x) between requests: the rate of `foundry jobs watch` (1 s), twice the UI's (2 s);
   `--think-ms 0` is a closed loop (saturation).
 
 Prints p50/p99 latency and throughput per request type and writes bench/results/api_load.json
@@ -244,7 +244,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each run")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--think-ms", type=float, default=500, help="mean pause between a client's requests")
+    parser.add_argument("--think-ms", type=float, default=1000, help="mean pause between a client's requests")
     parser.add_argument("--web-workers", type=int, default=None,
                         help="WEB_WORKERS for the web process (default: the setting's, 2)")
     parser.add_argument("--database", default="foundry_bench")
