@@ -59,14 +59,14 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 # the methods that need far more steps than one epoch of 4,000 rows gives: a longer run of each (--long)
 LONG: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("prompt_tuning", {}, {"epochs": 5}),
-    ("mezo", {"lr": 1e-4}, {"epochs": 5}),
+    ("mezo", {"lr": 1e-4}, {"epochs": 5}), ("mezo", {"lr": 1e-3}, {"epochs": 5}),
     ("p_tuning", {}, {"epochs": 3}),
     ("lt_sft", {}, {"epochs": 3}),
 ]
 WHY_NOT = {
     "mezo": "zeroth-order: one loss difference per step instead of a gradient; the paper runs 100k steps, one "
             "epoch here is 125, and the classifier head starts random. Its step size is its own config's lr (1e-6 "
-            "by default, 1e-4 in the longer run); the lr column is the Trainer's, which MeZO does not use",
+            "by default, 1e-4 and 1e-3 in the longer runs); the lr column is the Trainer's, which MeZO does not use",
     "prompt_tuning": "20 trained input embeddings on a 22M-parameter encoder: prompt tuning is known to need "
                      "large models or many epochs",
     "p_tuning": "virtual tokens from a prompt encoder, like prompt tuning: needs more steps on a small encoder",
