@@ -11,8 +11,9 @@ Runs that already have results in bench/results/methods.json are skipped (a cut-
 stopped); --again runs them anew.
 
 Each method keeps its documented defaults (the config schema's); only the learning rate is chosen per method,
-in LR below, because a sensible one differs by orders of magnitude (IA3 and VeRA want 1e-2, full-layer
-methods 1e-4; MeZO's step size is its own config field). Batch 32, max length 128, seed 0.
+in LR below, because a sensible one differs by orders of magnitude (IA3 1e-2, VeRA 3e-2, RandLoRA at its default
+20-fold scale 1e-3, full-layer methods 1e-4; MeZO's step size is its own config field). Batch 32, max length 128,
+seed 0.
 
 Per run: trainable parameters, train seconds (the Trainer alone), peak RSS of the run's process (model, data,
 training and evaluation), dev accuracy and loss. Results are merged into bench/results/methods.json and the
@@ -66,14 +67,19 @@ LONG: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 WHY_NOT = {
     "mezo": "zeroth-order: one loss difference per step instead of a gradient; the paper runs 100k steps, one "
             "epoch here is 125, and the classifier head starts random. Its step size is its own config's lr (1e-6 "
-            "by default, 1e-4 and 1e-3 in the longer runs); the lr column is the Trainer's, which MeZO does not use",
+            "by default, 1e-4 and 1e-3 in the longer runs); the lr column is the Trainer's, which MeZO does not use. "
+            "Five epochs (625 steps) do not show it learning on dev: at 1e-4 0.5080 (dev loss 0.6929), at 1e-3 "
+            "0.5092 (train loss 0.694 -> 0.671, dev loss 0.6973); its expected step is plain SGD at that rate",
     "prompt_tuning": "20 trained input embeddings on a 22M-parameter encoder: prompt tuning is known to need "
-                     "large models or many epochs",
-    "p_tuning": "virtual tokens from a prompt encoder, like prompt tuning: needs more steps on a small encoder",
+                     "large models or many epochs; at 3e-2 one epoch gives 0.5711, five give 0.7420 (train loss "
+                     "0.73 -> 0.35): learning, still short of the target",
+    "p_tuning": "virtual tokens from a prompt encoder, like prompt tuning: needs more steps on a small encoder; at "
+                "3e-2 one epoch gives 0.6628, three give 0.7053 (train loss 0.78 -> 0.47, still falling)",
     "lt_sft": "at 1e-4 the full phase learns (train loss 0.69 -> 0.34 by step 60), then the selection resets the "
               "body to the base at step 63 and the sparse phase (62 steps, 1% of the weights, the second half of "
               "a linearly decaying rate, Adam's moments carried over) stays at chance loss (0.69) to the end; "
-              "higher rates do worse; the paper trains for epochs in each phase",
+              "higher rates do worse; the paper trains for epochs in each phase. Three epochs (188 steps in each "
+              "phase) give 0.5493: the sparse phase still barely moves off chance loss",
 }
 # the one-epoch rates tried before the one in LR, with their dev accuracy (shown in the table's note)
 TRIED = {
@@ -89,7 +95,7 @@ TRIED = {
     "vera": "1e-2: 0.7385",
     "adapter_parallel": "1e-3: 0.7317",
     "prefix_tuning": "1e-2: 0.7236",
-    "lt_sft": "2e-4: 0.5310, 5e-4: 0.5080",
+    "lt_sft": "1e-4 on an older engine (commit 6d585bd): 0.6078, 2e-4: 0.5310, 5e-4: 0.5080",
     "p_tuning": "1e-2: 0.5092",
 }
 
