@@ -245,3 +245,22 @@ def test_niced_work_counts_as_free_cores() -> None:
             proc.wait()
     assert before is not None and after is not None
     assert engine.cores_free(before, after) >= len(cpus) / 2
+
+
+def test_lt_sft_sparse_phase_trains_as_a_run_of_its_own(tmp_path: Path) -> None:
+    """At LT-SFT's selection the optimizer's moments are cleared and the learning rate starts again from its peak
+    (linear to 0 at the end), so the sparse phase is trained like the paper's second run, not on a decayed tail."""
+    hp = Hyperparameters(epochs=2, batch_size=8, learning_rate=1e-3, seed=0)  # 12 steps, the switch at step 6
+    fit = engine.examples_train(base_model="tiny-bert", task="classification", method_name="lt_sft",
+                                method_config={"density": 0.01, "full_phase": 0.5}, hp=hp, train=TRAIN,
+                                evaluation=TRAIN[:8], out=tmp_path)
+    model = fit.trainer.model
+    assert model.phase_start == 6
+    lr = {h["step"]: h["learning_rate"] for h in fit.trainer.state.log_history if "learning_rate" in h}
+    # the rate each step used: the job's linear schedule through step 6 (the switch), then its peak again
+    assert lr[6] == pytest.approx(1e-3 * 7 / 12)  # step s uses the schedule at s - 1
+    assert lr[7] == pytest.approx(1e-3)
+    assert lr[10] == pytest.approx(1e-3 * 3 / 6)  # falling to 0 at step 12
+    optimizer = getattr(fit.trainer.optimizer, "optimizer", fit.trainer.optimizer)
+    steps = {int(state["step"]) for state in optimizer.state.values()}
+    assert steps == {6}  # every moment was started afresh at the switch: 6 steps since, not 12

@@ -1,6 +1,7 @@
 """Progress through Trainer callbacks: metrics and events as rows; cancel, a lost lease, a
 worker shutdown and the time limit as should_training_stop; checkpoints as should_save."""
 
+import functools
 import math
 import threading
 import time
@@ -121,12 +122,44 @@ class JobProgressCallback(TrainerCallback):
                                data={"step": state.global_step, "epoch": state.epoch})
 
 
+def schedule_restart(lr_scheduler: Any, start: int, total: int) -> bool:
+    """From step `start` on, the learning rate starts again at its peak and falls linearly to 0 at `total`: a
+    new phase trained as its own run. False (nothing changed) for a scheduler that is not a LambdaLR."""
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper, if any
+    if not hasattr(scheduler, "lr_lambdas"):
+        return False
+
+    def restarted(step: int, before: Any) -> float:
+        return before(step) if step < start else max(0.0, (total - step) / max(1, total - start))
+
+    scheduler.lr_lambdas = [functools.partial(restarted, before=f) for f in scheduler.lr_lambdas]
+    return True
+
+
 class MethodStepCallback(TrainerCallback):
-    """A method's own per-step work (AdaLoRA's rank allocation), after the optimizer step and before
-    the gradients are zeroed; global_step counts the step only afterwards, hence the + 1."""
+    """A method's own per-step work (AdaLoRA's rank allocation, LT-SFT's selection), after the optimizer step and
+    before the gradients are zeroed; global_step counts the step only afterwards, hence the + 1.
+
+    A method whose model has `phase_start` (an int once a phase that restarts from fresh weights has begun:
+    LT-SFT's sparse phase) gets that phase trained as its own run: the optimizer's moments are cleared when it
+    begins and the learning-rate schedule starts again from its peak (also when a job resumes inside it)."""
 
     def __init__(self, after_step: Any):
         self.after_step = after_step
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, lr_scheduler: Any = None,
+                       **kwargs: Any) -> None:
+        start = getattr(model, "phase_start", None)
+        if start is not None and lr_scheduler is not None:  # resumed inside the later phase
+            schedule_restart(lr_scheduler, start, state.max_steps)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                          lr_scheduler: Any = None, **kwargs: Any) -> None:
+        before = getattr(model, "phase_start", None)
         self.after_step(model, state.global_step + 1)
+        start = getattr(model, "phase_start", None)
+        if start is not None and start != before:
+            if optimizer is not None:
+                getattr(optimizer, "optimizer", optimizer).state.clear()  # fresh Adam moments for the new phase
+            if lr_scheduler is not None:
+                schedule_restart(lr_scheduler, start, state.max_steps)

@@ -5,8 +5,9 @@ Lottery-ticket sparse fine-tuning, in two phases over the job's steps:
 1. full phase (the first full_phase fraction of the steps): every parameter trains, theta_0 -> theta_1;
 2. selection: keep the k = round(density * n) parameters with the largest |theta_1 - theta_0| (n: the body's
    parameters) and reset every parameter to theta_0;
-3. sparse phase: train again from theta_0 with gradients masked to the k kept entries; after each optimizer step
-   the other entries are put back to theta_0 (momentum and weight decay would otherwise move them).
+3. sparse phase: train again from theta_0 with gradients masked to the k kept entries, as a run of its own (fresh
+   optimizer moments, the learning-rate schedule started again from its peak); after each optimizer step the
+   other entries are put back to theta_0 (weight decay would otherwise move them).
 
 The result is a sparse difference phi = theta_2 - theta_0 with exactly k entries, saved as indices and values. It
 is added to the base (theta_0 + phi: loading is merging) and to other such differences: theta_0 + phi_a + phi_b,

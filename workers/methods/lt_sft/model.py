@@ -33,6 +33,12 @@ class LtSftModel(NativeModel):
             self.theta0.register_buffer(f"t{i}", params[name].detach().clone(), persistent=False)
             params[name].register_hook(lambda grad, i=i: grad * self.mask(i) if self.sparse_phase else grad)
 
+    @property
+    def phase_start(self) -> int | None:
+        """The step the sparse phase began at, once it has: the engine then clears the optimizer's moments and
+        starts the learning-rate schedule again (the paper trains each phase as its own run)."""
+        return self.switch_step if bool(self.sparse_phase) else None
+
     def mask(self, i: int) -> torch.Tensor:
         return getattr(self.masks, f"m{i}")
 
