@@ -1,7 +1,7 @@
 """The web process: `python -m api.web [--host H] [--port P]`, what `manage.py launch` and every deployment run.
 
-uvicorn serves the ASGI application with WEB_WORKERS processes. Django runs a process's sync views on one thread,
-so a request waiting on the database holds that process: concurrency comes from processes. With several, the
+uvicorn serves the ASGI application (api/asgi.py: WEB_THREADS requests at once per process) with WEB_WORKERS
+processes, so that the Python work of requests runs on every core. With several processes, the
 Prometheus request counters live in files that every process writes (prometheus_client's multiprocess mode) and
 GET /metrics in any of them adds them up: PROMETHEUS_MULTIPROC_DIR, a fresh temporary folder unless set (then
 emptied at start, as prometheus_client asks)."""

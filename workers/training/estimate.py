@@ -9,7 +9,9 @@ taken as the real tokens plus 10% (the sampler leaves about 8% padding on SST-2)
 
 import functools
 import json
+import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ from django.core.cache import cache
 from workers.base_models import base_model_get, model_load, tokenizer_load
 from workers.training import engine
 from workers.training.hyperparameters import Hyperparameters
+
+log = logging.getLogger(__name__)
 
 PADDING_ALLOWANCE = 1.10
 CALIBRATION_SHAPES = ((8, 32), (16, 64))  # (rows, tokens per row) of the two measured batch shapes
@@ -68,9 +72,6 @@ def _model_shape(base_model: str, task: str) -> dict[str, int]:
 def warm() -> None:
     """Import the model code and learn the shapes of the catalogue's local models (tiny ones, and any whose config
     is on disk) before the first request, so that no client waits seconds for the first submission's imports."""
-    import logging
-    import os
-
     from workers.base_models import catalogue
 
     for model_id, entry in catalogue().items():
@@ -80,7 +81,7 @@ def warm() -> None:
             try:
                 model_shape(model_id, task)
             except Exception:  # a model that cannot do a task, or an unreadable folder: its job will say why
-                logging.getLogger(__name__).debug("no %s shape for %s", task, model_id, exc_info=True)
+                log.debug("no %s shape for %s", task, model_id, exc_info=True)
 
 
 def _calibration_path(base_model: str, device: str) -> Path:
