@@ -123,7 +123,8 @@ def test_fast_path_stores_frozen_weights_in_bf16_and_gives_the_model_back_unchan
     batch = engine.collator_build("classification", tokenizer, packed=False)(
         encode_all(tokenizer, "classification", TRAIN[:8], 32, {"0": 0, "1": 1}))
     with engine.fast_path(model, device="cpu", bf16=True) as applied:
-        assert applied == ["frozen_weights_bf16", "dropout_int16"]
+        assert applied == ["frozen_weights_bf16", "lora_fused", "dropout_int16", "attention_dropout_int16"]
+        assert model.config._attn_implementation == engine.ATTENTION_FAST
         params = dict(model.named_parameters())
         assert params["base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight"].dtype == \
             torch.bfloat16
@@ -139,6 +140,7 @@ def test_fast_path_stores_frozen_weights_in_bf16_and_gives_the_model_back_unchan
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
     assert not any("forward" in vars(m) for m in model.modules())  # torch's dropout is back
     assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_fast_path_loss_is_the_fp32_loss_within_bf16_rounding() -> None:
@@ -151,6 +153,97 @@ def test_fast_path_loss_is_the_fp32_loss_within_bf16_rounding() -> None:
         with engine.fast_path(model, device="cpu", bf16=True), torch.autocast("cpu", dtype=torch.bfloat16):
             fast = float(model(**batch).loss)
     assert fast == pytest.approx(fp32, rel=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_mask_is_exactly_zero_or_the_scale_with_probability_p(dtype: torch.dtype) -> None:
+    torch.manual_seed(1)
+    mask = engine.dropout_mask((500, 800), 0.05, dtype=dtype, device="cpu", scale=2.0)
+    assert mask.dtype == dtype and mask.shape == (500, 800)
+    assert sorted(mask.unique().tolist()) == [0.0, 2.0]
+    assert float((mask == 0).float().mean()) == pytest.approx(0.05, abs=0.002)
+    # p = 0 keeps everything; p = 1 - 1/65536 drops all but a few
+    assert bool((engine.dropout_mask((1000,), 0.0, dtype=dtype, device="cpu") == 1).all())
+    assert float(engine.dropout_mask((100_000,), 0.5, dtype=dtype, device="cpu").mean()) == pytest.approx(0.5, abs=0.01)
+    torch.manual_seed(1)
+    assert torch.equal(engine.dropout_mask((500, 800), 0.05, dtype=dtype, device="cpu", scale=2.0), mask)
+
+
+def _lora_grads(model: Any, batch: dict[str, Any], *, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_fused_lora_forward_gives_peft_s_loss_and_gradients(bf16: bool, monkeypatch: Any) -> None:
+    """Without dropout (eval mode, gradients on) the fused forward is the same function as peft's."""
+    model, tokenizer = lora_tiny_bert()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter's contribution real
+            torch.nn.init.normal_(param, std=0.5)
+    model.eval()
+    batch = engine.collator_build("classification", tokenizer, packed=False)(
+        encode_all(tokenizer, "classification", TRAIN[:16], 32, {"0": 0, "1": 1}))
+    with engine.fast_path(model, device="cpu", bf16=bf16) as applied:
+        assert "lora_fused" in applied
+        fused_loss, fused_grads = _lora_grads(model, batch, bf16=bf16)
+    monkeypatch.setattr(engine, "_lora_fused_on", lambda model: lambda: None)  # the rest of the fast path, peft's
+    with engine.fast_path(model, device="cpu", bf16=bf16):
+        peft_loss, peft_grads = _lora_grads(model, batch, bf16=bf16)
+    tolerance = {"rel": 2e-2, "abs": 1e-3} if bf16 else {"rel": 1e-4, "abs": 1e-6}
+    assert fused_loss == pytest.approx(peft_loss, **tolerance)
+    assert fused_grads.keys() == peft_grads.keys() and len(fused_grads) > 4
+    for name, grad in peft_grads.items():
+        scale = float(grad.abs().max()) + 1e-6
+        assert float((fused_grads[name] - grad).abs().max()) / scale < (0.05 if bf16 else 1e-4), name
+
+
+def test_fused_lora_forward_applies_dropout_as_peft_with_the_same_mask() -> None:
+    """In training mode: base(x) + s * B A (x * m / (1 - p)), m drawn by dropout_mask from torch's seed."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 10)
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.25)
+    layer = LoraLinear(base, "default", config, r=4, lora_alpha=8, lora_dropout=0.25)
+    torch.nn.init.normal_(layer.lora_B["default"].weight)
+    layer.train()
+    x = torch.randn(3, 5, 12)
+    torch.manual_seed(7)
+    fused = engine.lora_linear_fast(layer, {}, x)
+    torch.manual_seed(7)
+    mask = engine.dropout_mask(x.shape, 0.25, dtype=x.dtype, device="cpu", scale=1 / 0.75)
+    lora = layer.lora_B["default"](layer.lora_A["default"](x * mask)) * layer.scaling["default"]
+    assert torch.allclose(fused, base(x) + lora, atol=1e-5)
+    assert not torch.allclose(fused, base(x) + layer.lora_B["default"](layer.lora_A["default"](x)) * 2.0, atol=1e-3)
+    # what it does not handle goes to peft: adapters off, merged weights
+    layer.enable_adapters(False)
+    assert torch.allclose(engine.lora_linear_fast(layer, {}, x), base(x))
+
+
+def test_attention_with_fast_dropout_is_sdpa_without_dropout_and_masks_with_it() -> None:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal = False  # type: ignore[assignment]
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, :, :, 3:] = False  # the second row's last two keys are padding
+    want, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0)
+    got, _ = engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.0)
+    assert torch.allclose(got, want, atol=1e-6)
+    torch.manual_seed(3)
+    dropped, _ = engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.3)
+    torch.manual_seed(3)
+    keep = engine.dropout_mask((2, 3, 5, 5), 0.3, dtype=torch.float32, device="cpu", scale=1 / 0.7)
+    scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask, torch.finfo(torch.float32).min)
+    expected = ((scores.softmax(-1) * keep) @ v).transpose(1, 2)
+    assert torch.allclose(dropped, expected, atol=1e-5)
 
 
 def test_int16_dropout_drops_p_of_the_values_and_keeps_the_mean() -> None:
