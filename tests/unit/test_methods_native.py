@@ -131,6 +131,50 @@ def test_mezo_never_calls_backward(monkeypatch: pytest.MonkeyPatch) -> None:
     assert scale != 0 and torch.linalg.norm(delta - scale * direction) < 1e-2 * torch.linalg.norm(delta)
 
 
+@pytest.mark.parametrize("task", ["classification", "sft"])
+def test_mezo_lora_moves_only_lora_and_the_head_and_loads_back(task: str, tmp_path: Any) -> None:
+    from safetensors.torch import load_file
+
+    method, model = _build("mezo", task, trainable="lora", lora_r=4, lr=1e-2)
+    trainable = {n for n, p in model.base.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith("classifier.") for n in trainable)
+    assert any(n.startswith("classifier.") for n in trainable) == (task == "classification")
+    start = {n: p.detach().clone() for n, p in model.base.named_parameters()}
+    batch = _batch(task)
+    before = _loss(model, batch)
+    _train(method, model, batch)
+    assert _loss(model, batch) < before
+    assert {n for n, p in model.base.named_parameters() if not torch.equal(p, start[n])} == trainable
+
+    method.save(model, str(tmp_path))
+    assert set(load_file(str(tmp_path / "adapter_model.safetensors"))) == trainable  # the base is not copied
+    loaded = method.load(_base(task), str(tmp_path))
+    assert torch.allclose(_outputs(loaded, batch), _outputs(model, batch), atol=1e-5)
+
+
+def test_mezo_head_lr_scales_the_heads_step_alone() -> None:
+    from workers.methods.mezo.model import _move
+
+    method, model = _build("mezo", "classification", trainable="lora", lora_r=4, lr=0.1, head_lr=5.0, seed=7)
+    named = [(n, p) for n, p in model.base.named_parameters() if p.requires_grad]
+    before = [p.detach().clone() for _, p in named]
+    assert method.training_step is not None
+    method.training_step(model, _batch("classification"), step=3)
+    z = [torch.zeros_like(p) for _, p in named]
+    with torch.no_grad():
+        _move(z, 7 + 3, 1.0)  # type: ignore[arg-type]
+    # delta = -rate * g * z: the head's scale is head_lr / lr = 50 times the LoRA matrices'
+    scales: dict[bool, list[float]] = {True: [], False: []}
+    for (name, p), b, zi in zip(named, before, z, strict=True):
+        delta = (p.detach() - b).flatten()
+        scale = float(delta @ zi.flatten() / (zi.flatten() @ zi.flatten()))
+        assert torch.allclose(delta, scale * zi.flatten(), atol=1e-6, rtol=1e-3), name
+        scales[name.startswith("classifier.")].append(scale)
+    rest = scales[False][0]
+    assert rest != 0 and scales[False] == pytest.approx([rest] * len(scales[False]), rel=1e-2)
+    assert scales[True] == pytest.approx([50 * rest] * len(scales[True]), rel=1e-2)
+
+
 def test_dylora_at_rank_b_equals_the_truncated_product(tmp_path: Any) -> None:
     from workers.methods.dylora.model import DyLoraLinear
 

@@ -7,8 +7,14 @@ from a per-step seed, and with two forward passes estimates the directional deri
 
 z is never stored: it is regenerated from the seed for each of the three in-place moves (+eps, -2 eps, back +eps)
 and for the update. backward() is never called. The forwards run in eval mode (no dropout) as in the paper's code.
-All parameters train (full-parameter MeZO); the method brings its own training step and learning rate. Written
-here: no maintained library has it."""
+By default all parameters train (full-parameter MeZO). The noise of the estimate grows with the number of perturbed
+parameters, so, as in the paper's MeZO (LoRA) rows, trainable="lora" perturbs and moves only rank-r LoRA matrices
+(peft's, on the attention query and value projections) and the task head. The head of a classification task starts
+random and reads small features, so it may take its own larger step (head_lr): the same z, the update scaled per
+parameter group (a diagonal preconditioner; still forward passes only). The method brings its own training step and
+learning rate. Written here: no maintained library has it."""
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +34,15 @@ class MezoConfig(BaseModel):
                       "used); the paper uses 1e-7 to 1e-6 on large models.")
     eps: float = Field(1e-3, gt=0.0, le=1.0, description="Size of the perturbation theta +/- eps z.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the perturbations (step s uses seed + s).")
+    trainable: Literal["all", "lora"] = Field(
+        "all", description="What MeZO perturbs and moves. all: every parameter (the paper's full-parameter MeZO). "
+        "lora: rank-lora_r LoRA matrices on the attention query and value projections, plus the task head (the "
+        "paper's MeZO (LoRA)): far fewer perturbed parameters, so a less noisy step; the base weights stay frozen "
+        "and only the LoRA matrices and head are saved.")
+    lora_r: int = Field(8, ge=1, le=256, description="Rank of the LoRA matrices (trainable=lora only; alpha is 2r).")
+    head_lr: float | None = Field(None, gt=0.0, le=10.0, description="Learning rate of the task head (a fresh "
+                                  "classifier), which starts random and often needs a far larger step than the "
+                                  "rest; default: lr. Same perturbation, the update scaled per group.")
 
 
 method_register(Method(name="mezo", title="MeZO (zeroth-order)", paper="arXiv:2305.17333", config=MezoConfig,
