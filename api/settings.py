@@ -205,6 +205,11 @@ FOUNDRY_BASE_MODELS = env_json("FOUNDRY_BASE_MODELS", {})
 DEFAULT_BASE_MODEL = env_str("DEFAULT_BASE_MODEL", "minilm-l6")
 TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")  # auto | cpu | cuda
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0, minimum=0)  # 0: torch's default
+# auto: on a CPU with 2 or more free cores, each batch is split between the job's process and a fork of it
+# (workers/training/split.py); off: one process
+TRAIN_FORK = env_str("TRAIN_FORK", "auto")
+if TRAIN_FORK not in ("auto", "off"):
+    raise ImproperlyConfigured(f"TRAIN_FORK must be auto or off, not {TRAIN_FORK!r}")
 
 # Inference server (workers/inference/server.py): the web API forwards /predict to it.
 INFERENCE_HOST = env_str("INFERENCE_HOST", "127.0.0.1")

@@ -35,6 +35,7 @@ from api.datasets.examples import Example
 from workers.base_models import BaseModelEntry, base_model_get, model_load, tokenizer_load
 from workers.training.data import encode_all, labels_for
 from workers.training.hyperparameters import Hyperparameters
+from workers.training.split import split_trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -605,12 +606,26 @@ class OomRetry:
     error: str
 
 
+def split_threads(device: str, splittable: bool) -> int:
+    """Threads for each of the two processes when this fit should split its batches with a fork
+    (workers/training/split.py), else 0: on a CPU with two or more free cores, outside DDP, TRAIN_FORK=auto."""
+    import torch
+
+    if (not splittable or device != "cpu" or settings.TRAIN_FORK != "auto" or not hasattr(os, "fork")
+            or (torch.distributed.is_available() and torch.distributed.is_initialized())):
+        return 0
+    return torch.get_num_threads() // 2
+
+
 def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, train_rows: list[dict[str, Any]],
                 eval_rows: list[dict[str, Any]], out: Path, device: str, callbacks: Sequence[Any] = (),
                 resume: str | None = None, on_oom: Callable[[OomRetry], None] | None = None,
-                training_step: Callable[..., Any] | None = None, bf16_measured: bool | None = None) -> Any:
+                training_step: Callable[..., Any] | None = None, bf16_measured: bool | None = None,
+                splittable: bool = False) -> Any:
     """Train `model` on the rows and return the Trainer (its state holds the logs). `bf16_measured`: what
-    bf16_worthwhile found, decided once for all processes of a DDP job (None: measure here).
+    bf16_worthwhile found, decided once for all processes of a DDP job (None: measure here). `splittable`: the
+    method trains with the Trainer's own step and no after-step hook, so every batch may be split between this
+    process and a fork (split_threads decides).
 
     `training_step` replaces the Trainer's (forward, backward) step for methods that update the
     weights themselves (MeZO: two forward passes, no backward).
@@ -623,7 +638,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     import torch
     from transformers import PrinterCallback, Trainer
 
-    threads_for_load(device)
+    threads = threads_for_load(device)
+    halves = split_threads(device, splittable and training_step is None)
     packed = packing_possible(model, task)
     bf16 = (bf16_worthwhile(device) if bf16_measured is None else bf16_measured) and autocast_safe(model)
     if packed:
@@ -631,9 +647,12 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     start_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     micro_batch, accumulation = hp.batch_size, 1
     trainer_class = _own_step_trainer(training_step) if training_step else Trainer
+    if halves:
+        trainer_class = split_trainer_class(trainer_class, seed=hp.seed + 7919, threads=halves, threads_alone=threads,
+                                            shifted=task == "sft")
     if hp.max_train_seconds:
         callbacks = [*callbacks, _time_budget(hp.max_train_seconds)]
-    if device == "cpu" and not settings.TRAIN_THREADS and threads_nominal() > 1:
+    if device == "cpu" and not settings.TRAIN_THREADS and threads_nominal() > 1 and not halves:
         callbacks = [*callbacks, _thread_tuner(threads_nominal())]
     while True:
         trainer = trainer_class(
@@ -649,7 +668,12 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
         trainer.remove_callback(PrinterCallback)  # callbacks record the logs; no per-step prints
         try:
             with fast_path(model, device=device, bf16=bf16):
-                trainer.train(resume_from_checkpoint=resume)
+                try:
+                    trainer.train(resume_from_checkpoint=resume)
+                finally:
+                    if halves:
+                        trainer.fork_close()  # type: ignore[union-attr]
+                        torch.set_num_threads(threads)
             return trainer
         except Exception as exc:
             if not _is_oom(exc) or micro_batch % 2 or micro_batch // 2 < OOM_MICRO_BATCH_FLOOR:
@@ -723,7 +747,8 @@ def examples_train(*, base_model: str, task: str, method_name: str, method_confi
     started = time.perf_counter()  # the method's own step and after-step work, as in a job (MeZO, LT-SFT, LISA)
     trainer = trainer_fit(model, task=task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=[],
                           out=out, device=device_pick(), training_step=method.training_step,
-                          callbacks=[MethodStepCallback(method.after_step)] if method.after_step else [])
+                          callbacks=[MethodStepCallback(method.after_step)] if method.after_step else [],
+                          splittable=not (method.training_step or method.after_step))
     seconds = time.perf_counter() - started
     metrics = trainer.evaluate(Rows(eval_rows)) if eval_rows else {}
     return Fit(trainer, seconds, sum(len(r["input_ids"]) for r in train_rows), len(train_rows), metrics)
