@@ -393,8 +393,39 @@ def _attention_fast_on(model: Any) -> Callable[[], None]:
     return undo
 
 
+FIRST_TOKEN_CLASSIFIERS = ("BertForSequenceClassification",)
+
+
+def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
+    """A BERT sequence classifier reads one position of the last layer: its pooler takes hidden_states[:, 0].
+    So the last layer's attention output projection, its residual and norm, and its feed-forward block run on
+    that position alone (a forward pre-hook slices their input to [:, :1]): the loss and every gradient are
+    what they were, and a sixth of minilm-l6's linear-layer work is not done (two thirds of its last layer).
+    The other positions' attention keys and values are still computed: the first position attends to them.
+    None where the model is not one of FIRST_TOKEN_CLASSIFIERS wrapped by peft (whose methods act on each position
+    on its own)."""
+    from peft import PeftModel
+
+    if task != "classification" or not isinstance(model, PeftModel):  # the methods written here may mix positions
+        return None  # (MixLoRA's load-balancing loss averages over every token of every layer)
+    base = model.get_base_model()
+    backbone: Any = getattr(base, "base_model", None)
+    if type(base).__name__ not in FIRST_TOKEN_CLASSIFIERS or getattr(backbone, "pooler", None) is None:
+        return None
+    last = backbone.encoder.layer[-1]
+    if getattr(last, "add_cross_attention", False):
+        return None
+
+    def first_token(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden, residual = args[:2]
+        return (hidden[:, :1], residual[:, :1], *args[2:])
+
+    handle = last.attention.output.register_forward_pre_hook(first_token)
+    return handle.remove
+
+
 @contextlib.contextmanager
-def fast_path(model: Any, *, device: str, bf16: bool) -> Iterator[list[str]]:
+def fast_path(model: Any, *, device: str, bf16: bool, task: str | None = None) -> Iterator[list[str]]:
     """Apply the fast path to `model` for the duration; yield the names of what was applied. On exit the
     model is as it came in (fp32 frozen weights, torch's dropout), so that
     saving, evaluation afterwards and the residual methods' conversions see the original base."""
@@ -406,6 +437,10 @@ def fast_path(model: Any, *, device: str, bf16: bool) -> Iterator[list[str]]:
             applied.append("frozen_weights_bf16")
         undo.append(_lora_fused_on(model))
         applied.append("lora_fused")
+        first_token = _first_token_last_layer(model, task) if task else None
+        if first_token:
+            undo.append(first_token)
+            applied.append("first_token_last_layer")
         if device == "cpu":
             undo += [_dropout_fast_on(model), _attention_fast_on(model)]
             applied += ["dropout_int16", "attention_dropout_int16"]
@@ -667,7 +702,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
         )
         trainer.remove_callback(PrinterCallback)  # callbacks record the logs; no per-step prints
         try:
-            with fast_path(model, device=device, bf16=bf16):
+            with fast_path(model, device=device, bf16=bf16, task=task):
                 try:
                     trainer.train(resume_from_checkpoint=resume)
                 finally:
