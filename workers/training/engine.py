@@ -268,7 +268,7 @@ def _dropout_fast_on(model: Any) -> Callable[[], None]:
 
     layers = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
     for layer in layers:
-        layer.forward = functools.partial(dropout_fast, layer)
+        layer.forward = functools.partial(dropout_fast, layer)  # type: ignore[method-assign]
 
     def undo() -> None:
         for layer in layers:
