@@ -57,10 +57,13 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("lora", {"init": "olora"}), ("lora", {"init": "eva"}), ("lora", {"init": "corda"}),
     ("lora", {"init": "lora_ga"}),
 ]
+MEZO_LORA = {"trainable": "lora", "lr": 1e-4, "head_lr": 0.1}
 # the methods that need far more steps than one epoch of 4,000 rows gives: a longer run of each (--long)
 LONG: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("prompt_tuning", {}, {"epochs": 5}),
     ("mezo", {"lr": 1e-4}, {"epochs": 5}), ("mezo", {"lr": 1e-3}, {"epochs": 5}),
+    # the paper's MeZO (LoRA): LoRA matrices at its rate (1e-4) and the fresh head at its own larger step
+    *(("mezo", MEZO_LORA, {"epochs": epochs}) for epochs in (1, 3, 8)),
     ("p_tuning", {}, {"epochs": 3}),
     ("lt_sft", {}, {"epochs": 3}),
 ]
