@@ -148,6 +148,7 @@ def test_mezo_lora_moves_only_lora_and_the_head_and_loads_back(task: str, tmp_pa
 
     method.save(model, str(tmp_path))
     assert set(load_file(str(tmp_path / "adapter_model.safetensors"))) == trainable  # the base is not copied
+    assert method.load is not None
     loaded = method.load(_base(task), str(tmp_path))
     assert torch.allclose(_outputs(loaded, batch), _outputs(model, batch), atol=1e-5)
 
