@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from workers.methods.registry import Method, lazy, method_register
 
 MODEL = "workers.methods.mezo.model"
-LOADING = ("Not a peft folder: full weights. adapter_model.safetensors holds every parameter of the fine-tuned model "
-           "under the base model's own names; adapter_config.json holds the method config. Load with "
-           "workers.methods.mezo.model.load(base_model, directory), or base_model.load_state_dict(tensors, "
+LOADING = ("Not a peft folder. adapter_model.safetensors holds what MeZO trained under the model's own names: every "
+           "parameter (trainable=all), or peft's LoRA matrices and the head (trainable=lora); adapter_config.json "
+           "holds the method config. Load with workers.methods.mezo.model.load(base_model, directory), which adds "
+           "the LoRA layers first; a trainable=all folder also loads with base_model.load_state_dict(tensors, "
            "strict=False).")
 
 
