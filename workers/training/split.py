@@ -51,8 +51,11 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 def _read_exactly(fd: int, size: int, timeout: float | None) -> bytes | None:
     chunks, left = [], size
     while left:
-        if timeout is not None and not select.select([fd], [], [], timeout)[0]:
-            raise TimeoutError(f"no answer from the fork in {timeout:.0f} s")
+        if timeout is not None:
+            poller = select.poll()  # not select(): a worker may hold more than FD_SETSIZE descriptors
+            poller.register(fd, select.POLLIN | select.POLLHUP)
+            if not poller.poll(timeout * 1000):
+                raise TimeoutError(f"no answer from the fork in {timeout:.0f} s")
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
             return None  # the other end closed
@@ -152,6 +155,7 @@ def _fork_main(trainer: Any, model: Any, params: list[Any], grads: list[Any], co
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; a Ctrl-C reaches both
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's warm-shutdown handler: just end
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         while True:
