@@ -108,6 +108,7 @@ def service_child(args: argparse.Namespace) -> dict[str, Any]:
             "dev_loss": round(fit.eval_metrics["eval_loss"], 4), "rows": fit.rows, "epochs": hp.epochs,
             "real_tokens": fit.real_tokens, "padding_fraction_last_epoch": round(1 - fit.real_tokens / padded, 3),
             "bf16": engine.bf16_worthwhile("cpu"), "threads": torch.get_num_threads(), "linear_params": linear,
+            "split_with_fork": hasattr(fit.trainer, "fork_failed") and not fit.trainer.fork_failed,
             "hyperparameters": hp.model_dump(), "method_config": config}
 
 
