@@ -285,6 +285,31 @@ def test_attention_with_fast_dropout_is_sdpa_without_dropout_and_masks_with_it()
     assert torch.allclose(dropped, expected, atol=1e-5)
 
 
+def test_length_groups_keep_their_rows_and_come_in_a_random_order() -> None:
+    lengths = [int(n) for n in torch.randint(1, 60, (4000,), generator=torch.Generator().manual_seed(0))]
+    indices = engine.length_grouped_shuffled_indices(lengths, 32, generator=torch.Generator().manual_seed(1))
+    assert sorted(indices) == list(range(4000))
+    batches = [indices[i : i + 32] for i in range(0, 4000, 32)]
+    padding = sum(32 * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches) / sum(lengths)
+    assert padding < 0.1  # grouped by length: a random batching would pad ~0.9 of the real tokens here
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest first, for an early OOM
+    tops = [max(lengths[i] for i in b) for b in batches[1:]]
+    assert tops != sorted(tops, reverse=True)  # not transformers' longest-to-shortest run per mega-batch
+    descents = sum(a > b for a, b in zip(tops, tops[1:], strict=False))
+    assert 0.3 < descents / len(tops) < 0.7  # about as many steps up as down: a random order
+    again = engine.length_grouped_shuffled_indices(lengths, 32, generator=torch.Generator().manual_seed(1))
+    assert again == indices
+
+
+def test_trainer_fit_samples_shuffled_length_groups(tmp_path: Path) -> None:
+    model, tokenizer = lora_tiny_bert()
+    rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer,
+                                 hp=Hyperparameters(batch_size=8, epochs=1), train_rows=rows, eval_rows=[],
+                                 out=tmp_path, device="cpu")
+    assert type(trainer._get_train_sampler()).__name__ == "ShuffledGroups"
+
+
 def test_int16_dropout_drops_p_of_the_values_and_keeps_the_mean() -> None:
     layer = torch.nn.Dropout(0.1)
     x = torch.ones(400_000, requires_grad=True)
