@@ -113,6 +113,17 @@ def test_a_fork_that_dies_leaves_the_job_training_alone(tmp_path: Path, monkeypa
     assert _losses(trainer) == pytest.approx(alone, rel=3e-2, abs=3e-3)
 
 
+def test_no_shared_memory_for_the_fork_leaves_the_job_training_alone(tmp_path: Path, monkeypatch: Any) -> None:
+    def no_room(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("unable to write to file </torch_1_0>: No space left on device (28)")
+
+    monkeypatch.setattr(split.ForkPeer, "__init__", no_room)
+    trainer = _fit(tmp_path, "tiny-bert", "classification", TRAIN, halves=1, monkeypatch=monkeypatch)
+    assert trainer.fork_failed and trainer.fork_peer is None
+    assert trainer.state.global_step == trainer.state.max_steps
+    assert torch.get_num_threads() >= 1
+
+
 def test_batches_split_by_rows_or_at_a_packed_sequence_boundary() -> None:
     batch = {"input_ids": torch.arange(15).view(5, 3), "labels": torch.arange(5)}
     first, second = split.batch_split(batch)  # type: ignore[misc]

@@ -258,7 +258,11 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
         def _peer(self, model: Any) -> ForkPeer | None:
             if self.fork_peer is None and not self.fork_failed:
                 torch.set_num_threads(threads)
-                self.fork_peer = ForkPeer(self, model, seed, threads)
+                try:  # shared memory can run out (a container's /dev/shm is 64 MB by default), fork can fail
+                    self.fork_peer = ForkPeer(self, model, seed, threads)
+                except (OSError, RuntimeError) as exc:
+                    self._give_up(exc)
+                    return None
                 log.info("training split between this process and a fork (pid %s)", self.fork_peer.pid)
             return self.fork_peer
 
@@ -283,8 +287,9 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
             else:
                 factor = 1.0 / self.current_gradient_accumulation_steps
             peer = self._peer(model)
+            if peer is None:
+                return super().training_step(model, inputs, num_items_in_batch)
             try:
-                assert peer is not None
                 peer.submit(second, None)
             except OSError as exc:
                 self._give_up(exc)
