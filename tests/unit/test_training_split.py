@@ -77,14 +77,18 @@ def test_split_training_follows_the_one_process_loss_curve(tmp_path: Path, monke
     assert together == pytest.approx(alone, rel=3e-2, abs=3e-3)
 
 
-def test_a_fork_that_dies_leaves_the_job_training_alone(tmp_path: Path, monkeypatch: Any, caplog: Any) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "stops-answering"])
+def test_a_fork_that_dies_leaves_the_job_training_alone(tmp_path: Path, monkeypatch: Any, caplog: Any,
+                                                        how: signal.Signals) -> None:
+    monkeypatch.setattr(split, "ANSWER_TIMEOUT_S", 2.0)
+
     class KillTheFork(TrainerCallback):
         killed = 0
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             trainer_peer = holder["trainer"].fork_peer if "trainer" in holder else None
             if state.global_step == 2 and trainer_peer is not None:
-                os.kill(trainer_peer.pid, signal.SIGKILL)
+                os.kill(trainer_peer.pid, how)
                 self.killed = trainer_peer.pid
 
     holder: dict[str, Any] = {}
@@ -108,6 +112,8 @@ def test_a_fork_that_dies_leaves_the_job_training_alone(tmp_path: Path, monkeypa
         trainer = _fit(tmp_path, "tiny-bert", "classification", TRAIN, halves=1, monkeypatch=monkeypatch,
                        callbacks=[killer])
     assert killer.killed and trainer.fork_failed
+    with pytest.raises(ChildProcessError):  # reaped, a stopped one killed first: no zombie, no stray process
+        os.waitpid(killer.killed, os.WNOHANG)
     assert any("training on in this process alone" in r.message for r in caplog.records)
     assert trainer.state.global_step == trainer.state.max_steps
     assert _losses(trainer) == pytest.approx(alone, rel=3e-2, abs=3e-3)

@@ -31,11 +31,13 @@ import os
 import select
 import signal
 import struct
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 600.0  # one half-batch's forward and backward; a fork silent for this long is given up
+CLOSE_WAIT_S = 10.0  # for the fork to end once its pipe is closed, before it is killed
 _HEADER = struct.Struct("<Q")
 
 
@@ -214,10 +216,10 @@ class ForkPeer:
         """Wait for the fork's half; add alpha times its gradients to this process's. Returns its loss."""
         import torch
 
-        self.pending = False
         frame = frame_receive(self.answers, timeout=ANSWER_TIMEOUT_S)
         if frame is None:
             raise RuntimeError("the fork ended")
+        self.pending = False
         meta, _ = frame
         if "error" in meta:
             raise RuntimeError(f"the fork failed: {meta['error']}")
@@ -238,8 +240,15 @@ class ForkPeer:
             except OSError:
                 pass
         try:
-            os.kill(self.pid, signal.SIGKILL) if self.pending else None
-            os.waitpid(self.pid, 0)
+            if self.pending:  # a half in flight (or a fork that stopped answering): no need to wait for it
+                os.kill(self.pid, signal.SIGKILL)
+            deadline = time.monotonic() + CLOSE_WAIT_S
+            while not os.waitpid(self.pid, os.WNOHANG)[0]:  # it ends on reading the closed pipe
+                if time.monotonic() > deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    break
+                time.sleep(0.05)
         except (ChildProcessError, ProcessLookupError):
             pass
         self.pid = -1
