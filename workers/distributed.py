@@ -81,7 +81,7 @@ def processes_check(method: Any, processes: int, device: str) -> None:
     AdaLoRA's rank budget) outside the optimizer's averaged step would drift apart across the ranks."""
     from workers.methods.registry import ConfigError
 
-    if method.training_step or method.after_step:
+    if not method.data_parallel:
         raise ConfigError(f"method {method.name} updates its weights outside the optimizer step, which several "
                           "processes cannot keep in step; use processes 1", "hyperparameters.processes")
     if device == "cuda":

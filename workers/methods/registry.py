@@ -59,6 +59,14 @@ class Method:
     peft_backed: bool = True  # False: written here; save() writes our own layout and load() reads it
     loading: str = ""  # how an adapter of this method is loaded, for foundry.json (methods written here)
 
+    @property
+    def data_parallel(self) -> bool:
+        """Several processes may each train on part of every batch and add their gradients (DDP, the fork of
+        workers/training/split.py): the weights change only in the optimizer's step, which sees the sum. Not so
+        for a method with its own step (MeZO) or an after-step hook that changes which weights train (LISA,
+        LT-SFT, AdaLoRA's rank budget): the processes would drift apart."""
+        return self.training_step is None and self.after_step is None
+
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "paper": self.paper, "tasks": list(self.tasks),
                 "mergeable": self.mergeable,

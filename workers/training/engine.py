@@ -290,7 +290,7 @@ def lora_linear_fast(layer: Any, memo: dict[str, Any], x: Any, *args: Any, **kwa
 
     - under autocast, x is cast once and shared by the base layer and the adapter (autocast casts it for each),
       and by the next layer called on the same tensor (query, key and value read one hidden state);
-    - dropout is the boolean mask m times x, its 1 / (1 - p) folded into the scale: one pass instead of four;
+    - dropout is x times a 0/1 mask m (dropout_mask), its 1 / (1 - p) folded into the scale;
     - the scale and the sum are addmm's alpha and beta, two passes fewer.
     Anything else goes to peft's own forward. `memo` holds the last cast (the fast path's, cleared on exit)."""
     import torch
@@ -697,8 +697,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
                 splittable: bool = False) -> Any:
     """Train `model` on the rows and return the Trainer (its state holds the logs). `bf16_measured`: what
     bf16_worthwhile found, decided once for all processes of a DDP job (None: measure here). `splittable`: the
-    method trains with the Trainer's own step and no after-step hook, so every batch may be split between this
-    process and a fork (split_threads decides).
+    method is data-parallel (Method.data_parallel), so every batch may be split between this process and a fork
+    (split_threads decides).
 
     `training_step` replaces the Trainer's (forward, backward) step for methods that update the
     weights themselves (MeZO: two forward passes, no backward).
@@ -712,7 +712,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     from transformers import PrinterCallback, Trainer
 
     threads = threads_for_load(device)
-    halves = split_threads(device, splittable and training_step is None)
+    halves = split_threads(device, splittable)
     packed = packing_possible(model, task)
     bf16 = (bf16_worthwhile(device) if bf16_measured is None else bf16_measured) and autocast_safe(model)
     if packed:
@@ -821,7 +821,7 @@ def examples_train(*, base_model: str, task: str, method_name: str, method_confi
     trainer = trainer_fit(model, task=task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=[],
                           out=out, device=device_pick(), training_step=method.training_step,
                           callbacks=[MethodStepCallback(method.after_step)] if method.after_step else [],
-                          splittable=not (method.training_step or method.after_step))
+                          splittable=method.data_parallel)
     seconds = time.perf_counter() - started
     metrics = trainer.evaluate(Rows(eval_rows)) if eval_rows else {}
     return Fit(trainer, seconds, sum(len(r["input_ids"]) for r in train_rows), len(train_rows), metrics)

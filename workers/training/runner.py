@@ -247,7 +247,7 @@ def _fit_here(job: Job, hp: Hyperparameters, entry: Any, method: Any, *, tokeniz
         out=tmp / "trainer", device=device, resume=resume, on_oom=oom_record,
         training_step=method.training_step,
         callbacks=[callback, *([MethodStepCallback(method.after_step)] if method.after_step else [])],
-        splittable=not (method.training_step or method.after_step),
+        splittable=method.data_parallel,
     )
     return model, distributed.Result(stop_reason=callback.stop_reason, step=trainer.state.global_step,
                                      history=trainer.state.log_history, trainable=trainable)

@@ -164,11 +164,11 @@ def _fork_main(trainer: Any, model: Any, params: list[Any], grads: list[Any], co
             frame = frame_receive(commands)
             if frame is None:
                 break  # the parent closed the pipe: training is over, or the parent is gone
-            meta, batch = frame
+            _, batch = frame
             try:
                 model.train()
                 with trainer.compute_loss_context_manager():
-                    loss = trainer.compute_loss(model, batch, num_items_in_batch=meta.get("num_items_in_batch"))
+                    loss = trainer.compute_loss(model, batch, num_items_in_batch=None)  # its half's mean
                 loss.backward()
                 for param, grad in zip(params, grads, strict=True):
                     if param.grad is None:
@@ -208,8 +208,8 @@ class ForkPeer:
         os.close(answer_write)
         self.pending = False
 
-    def submit(self, half: dict[str, Any], num_items_in_batch: int | None) -> None:
-        frame_send(self.commands, {"num_items_in_batch": num_items_in_batch}, half)
+    def submit(self, half: dict[str, Any]) -> None:
+        frame_send(self.commands, {}, half)
         self.pending = True
 
     def collect(self, alpha: float) -> float:
@@ -299,7 +299,7 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
             if peer is None:
                 return super().training_step(model, inputs, num_items_in_batch)
             try:
-                peer.submit(second, None)
+                peer.submit(second)
             except OSError as exc:
                 self._give_up(exc)
                 return super().training_step(model, inputs, num_items_in_batch)
