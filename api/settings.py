@@ -207,6 +207,9 @@ TRAIN_DEVICE = env_str("TRAIN_DEVICE", "auto")  # auto | cpu | cuda
 TRAIN_THREADS = env_int("TRAIN_THREADS", 0, minimum=0)  # 0: torch's default
 # auto: on a CPU with 2 or more free cores, each batch is split between the job's process and a fork of it
 # (workers/training/split.py); off: one process
+TRAIN_PACKING = env_str("TRAIN_PACKING", "auto")
+if TRAIN_PACKING not in ("auto", "off"):
+    raise ImproperlyConfigured(f"TRAIN_PACKING must be auto or off, not {TRAIN_PACKING!r}")
 TRAIN_FORK = env_str("TRAIN_FORK", "auto")
 if TRAIN_FORK not in ("auto", "off"):
     raise ImproperlyConfigured(f"TRAIN_FORK must be auto or off, not {TRAIN_FORK!r}")

@@ -301,7 +301,8 @@ def test_length_groups_keep_their_rows_and_come_in_a_random_order() -> None:
     assert again == indices
 
 
-def test_trainer_fit_samples_shuffled_length_groups(tmp_path: Path) -> None:
+def test_trainer_fit_samples_shuffled_length_groups(tmp_path: Path, settings: Any) -> None:
+    settings.TRAIN_PACKING = "off"  # packed classification batches are a random sample (the test below)
     model, tokenizer = lora_tiny_bert()
     rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
     trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer,
@@ -421,3 +422,58 @@ def test_lt_sft_sparse_phase_trains_as_a_run_of_its_own(tmp_path: Path) -> None:
     optimizer = getattr(fit.trainer.optimizer, "optimizer", fit.trainer.optimizer)
     steps = {int(state["step"]) for state in optimizer.state.values()}
     assert steps == {6}  # every moment was started afresh at the switch: 6 steps since, not 12
+
+
+def test_packed_classification_batch_gives_the_padded_loss_and_gradients() -> None:
+    """One sequence of the rows end to end, a block-diagonal mask and each row's first token for the pooler: the
+    same function of the same rows as the padded batch, without the padding."""
+    model, tokenizer = lora_tiny_bert()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    model.eval()
+    assert engine.classification_packable(model, "classification")
+    rows = encode_all(tokenizer, "classification", TRAIN[:12], 32, {"0": 0, "1": 1})
+    padded = engine.collator_build("classification", tokenizer, packed=False)(rows)
+    packed = engine.PackedClassification()(rows)
+    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows)) and "attention_mask" not in packed
+    assert packed["labels"].tolist() == [r["labels"] for r in rows]
+    assert int(padded["attention_mask"].eq(0).sum()) > 0  # the padded batch does have padding to save
+    with engine.fast_path(model, device="cpu", bf16=False, task="classification"):
+        padded_loss, padded_grads = _lora_grads(model, padded, bf16=False)
+        packed_loss, packed_grads = _lora_grads(model, packed, bf16=False)
+        with torch.no_grad():
+            logits = model(**packed).logits
+            assert torch.allclose(logits, model(**padded).logits, rtol=1e-4, atol=1e-5)
+        # the mask matters: without it the rows attend across each other and the loss is another
+        leaky = {**packed, "attention_mask": torch.ones_like(packed["input_ids"])}
+        with torch.no_grad():
+            assert float(model(**{k: v for k, v in leaky.items() if k != "labels"}).logits[0, 0]) != pytest.approx(
+                float(logits[0, 0]), rel=1e-4)
+    assert logits.shape == (12, 2)
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
+    for name, grad in padded_grads.items():
+        assert torch.allclose(packed_grads[name], grad, rtol=1e-4, atol=1e-6), name
+    mask, starts = engine.packed_mask(torch.tensor([[0, 1, 2, 0, 1, 0]]))
+    assert starts.tolist() == [0, 3, 5]
+    assert mask[0, 0].int().tolist() == [[1, 1, 1, 0, 0, 0]] * 3 + [[0, 0, 0, 1, 1, 0]] * 2 + [[0, 0, 0, 0, 0, 1]]
+
+
+def test_trainer_fit_packs_classification_batches_in_a_random_order(tmp_path: Path, settings: Any) -> None:
+    model, tokenizer = lora_tiny_bert()
+    rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer,
+                                 hp=Hyperparameters(batch_size=8, epochs=1), train_rows=rows, eval_rows=rows[:8],
+                                 out=tmp_path, device="cpu")
+    assert type(trainer._get_train_sampler()).__name__ == "RandomSampler"
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1 and batch["labels"].shape == (8,)
+    assert trainer.get_eval_dataloader().collate_fn(rows[:4])["input_ids"].shape[0] == 4  # evaluation: padded
+    assert trainer.state.global_step == 6 and all(h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)
+    settings.TRAIN_PACKING = "off"
+    model, tokenizer = lora_tiny_bert()
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer,
+                                 hp=Hyperparameters(batch_size=8, epochs=1), train_rows=rows, eval_rows=[],
+                                 out=tmp_path, device="cpu")
+    assert type(trainer._get_train_sampler()).__name__ == "ShuffledGroups"
+    assert next(iter(trainer.get_train_dataloader()))["input_ids"].shape[0] == 8

@@ -51,7 +51,7 @@ def _fit(tmp_path: Path, base: str, task: str, examples: list[Example], *, halve
     monkeypatch.setattr(engine, "split_threads", lambda device, splittable: halves if splittable else 0)
     model, tokenizer = _model(base, task)
     rows = encode_all(tokenizer, task, examples, 64, {"0": 0, "1": 1} if task != "sft" else None)
-    hp = Hyperparameters(batch_size=8, epochs=2, learning_rate=5e-3, seed=1)
+    hp = Hyperparameters(batch_size=8, epochs=4, learning_rate=2e-2, seed=1)
     return engine.trainer_fit(model, task=task, tokenizer=tokenizer, hp=hp, train_rows=rows, eval_rows=[],
                               out=tmp_path / f"out-{halves}", device="cpu", callbacks=callbacks or [],
                               splittable=True)
@@ -61,10 +61,13 @@ def _losses(trainer: Any) -> list[float]:
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-@pytest.mark.parametrize(("base", "task", "examples"), [("tiny-bert", "classification", TRAIN),
-                                                         ("tiny-llama", "sft", SFT)], ids=["classification", "sft"])
-def test_split_training_follows_the_one_process_loss_curve(tmp_path: Path, monkeypatch: Any, caplog: Any,
-                                                           base: str, task: str, examples: list[Example]) -> None:
+@pytest.mark.parametrize(("base", "task", "examples", "packing"),
+                         [("tiny-bert", "classification", TRAIN, "auto"), ("tiny-bert", "classification", TRAIN, "off"),
+                          ("tiny-llama", "sft", SFT, "auto")], ids=["classification-packed", "classification", "sft"])
+def test_split_training_follows_the_one_process_loss_curve(tmp_path: Path, monkeypatch: Any, caplog: Any, settings: Any,
+                                                           base: str, task: str, examples: list[Example],
+                                                           packing: str) -> None:
+    settings.TRAIN_PACKING = packing
     alone = _losses(_fit(tmp_path, base, task, examples, halves=0, monkeypatch=monkeypatch))
     with caplog.at_level(logging.INFO, logger="workers.training.split"):
         trainer = _fit(tmp_path, base, task, examples, halves=1, monkeypatch=monkeypatch)
@@ -139,6 +142,14 @@ def test_batches_split_by_rows_or_at_a_packed_sequence_boundary() -> None:
               "labels": torch.arange(10).view(1, 10)}
     first, second = split.batch_split(packed)  # type: ignore[misc]
     assert first["position_ids"].tolist() == [[0, 1, 2, 0, 1]] and second["position_ids"].tolist() == [[0, 1, 2, 3, 4]]
+    # a packed classification batch: one label per sequence, cut at the boundary nearest the middle token
+    rows = {"input_ids": torch.arange(10).view(1, 10), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1, 2, 3]]),
+            "token_type_ids": torch.zeros(1, 10, dtype=torch.long), "labels": torch.tensor([1, 0, 1])}
+    first, second = split.batch_split(rows)  # type: ignore[misc]
+    assert first["input_ids"].tolist() == [[0, 1, 2, 3, 4, 5]] and first["labels"].tolist() == [1, 0]
+    assert second["position_ids"].tolist() == [[0, 1, 2, 3]] and second["labels"].tolist() == [1]
+    assert second["token_type_ids"].shape == (1, 4)
+    assert split.loss_items(first) == 2 and split.loss_items(second) == 1
     one_sequence = {"input_ids": torch.arange(4).view(1, 4), "position_ids": torch.arange(4).view(1, 4)}
     assert split.batch_split(one_sequence) is None
     assert split.batch_split({"input_ids": torch.zeros(1, 3, dtype=torch.long)}) is None

@@ -401,14 +401,8 @@ def _attention_fast_on(model: Any) -> Callable[[], None]:
 FIRST_TOKEN_CLASSIFIERS = ("BertForSequenceClassification",)
 
 
-def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
-    """A BERT sequence classifier reads one position of the last layer: its pooler takes hidden_states[:, 0].
-    So the last layer's attention output projection, its residual and norm, and its feed-forward block run on
-    that position alone (a forward pre-hook slices their input to [:, :1]): the loss and every gradient are
-    what they were, and a sixth of minilm-l6's linear-layer work is not done (two thirds of its last layer).
-    The other positions' attention keys and values are still computed: the first position attends to them.
-    None where the model is not one of FIRST_TOKEN_CLASSIFIERS wrapped by peft (whose methods act on each position
-    on its own)."""
+def _first_token_classifier(model: Any, task: str) -> Any:
+    """The BERT backbone of a peft-wrapped FIRST_TOKEN_CLASSIFIERS model, or None."""
     from peft import PeftModel
 
     if task != "classification" or not isinstance(model, PeftModel):  # the methods written here may mix positions
@@ -417,16 +411,92 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
     backbone: Any = getattr(base, "base_model", None)
     if type(base).__name__ not in FIRST_TOKEN_CLASSIFIERS or getattr(backbone, "pooler", None) is None:
         return None
-    last = backbone.encoder.layer[-1]
-    if getattr(last, "add_cross_attention", False):
+    if getattr(backbone.encoder.layer[-1], "add_cross_attention", False):
         return None
+    return backbone
+
+
+def classification_packable(model: Any, task: str) -> bool:
+    """Whether a classification batch may be one packed sequence (PackedClassification): a peft-wrapped BERT
+    classifier on sdpa attention whose method acts on each position on its own (not prompt learning, whose
+    virtual tokens would be shared by every row)."""
+    backbone = _first_token_classifier(model, task)
+    if backbone is None or getattr(model.active_peft_config, "is_prompt_learning", False):
+        return False
+    return getattr(backbone.config, "_attn_implementation", None) in ("sdpa", ATTENTION_FAST)
+
+
+class PackedClassification:
+    """A classification batch as one sequence, without padding: the rows' tokens end to end (input_ids
+    [1, T]), position_ids restarting at 0 for each row, and one label per row ([rows]). The batch is the
+    same random sample of rows as the plain Trainer's (no length grouping, which biased each step towards
+    rows of one length); the model does no work on padding. _first_token_last_layer turns the positions into
+    a block-diagonal attention mask (no row attends to another) and hands the pooler each row's first
+    token; the split cuts such a batch at a row boundary (workers/training/split.py)."""
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids: list[int] = []
+        positions: list[int] = []
+        for feature in features:
+            ids += feature["input_ids"]
+            positions += range(len(feature["input_ids"]))
+        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]),
+                "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
+                "labels": torch.tensor([feature["labels"] for feature in features])}
+
+
+def packed_mask(positions: Any) -> tuple[Any, Any]:
+    """The [1, 1, T, T] boolean mask (True: may attend) that keeps each packed row to itself, and the index of
+    each row's first token, from position_ids [1, T] that restart at 0 for each row."""
+    starts = positions[0] == 0
+    segment = starts.cumsum(0)
+    return (segment[:, None] == segment[None, :])[None, None], starts.nonzero().flatten()
+
+
+def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
+    """A BERT sequence classifier reads one position of the last layer: its pooler takes hidden_states[:, 0].
+    So the last layer's attention output projection, its residual and norm, and its feed-forward block run on
+    that position alone (a forward pre-hook slices their input to [:, :1]): the loss and every gradient are
+    what they were, and a sixth of minilm-l6's linear-layer work is not done (two thirds of its last layer).
+    The other positions' attention keys and values are still computed: the first position attends to them.
+    A packed batch (PackedClassification: position_ids and no attention mask, where classification_packable)
+    gets its block-diagonal mask from a pre-hook on the backbone, and the last layer goes on with each row's
+    first token as a row of its own ([rows, 1, width]), which is what the pooler reads.
+    None where the model is not one of FIRST_TOKEN_CLASSIFIERS wrapped by peft (whose methods act on each position
+    on its own)."""
+    backbone = _first_token_classifier(model, task)
+    if backbone is None:
+        return None
+    packable = classification_packable(model, task)
+    state: dict[str, Any] = {"starts": None}
+
+    def packed(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        positions = kwargs.get("position_ids")
+        state["starts"] = None
+        if (positions is None or kwargs.get("attention_mask") is not None or positions.dim() != 2
+                or positions.shape[0] != 1):
+            return None
+        kwargs["attention_mask"], state["starts"] = packed_mask(positions)
+        return args, kwargs
 
     def first_token(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
         hidden, residual = args[:2]
+        starts = state["starts"]
+        if starts is not None:
+            return (hidden[0, starts].unsqueeze(1), residual[0, starts].unsqueeze(1), *args[2:])
         return (hidden[:, :1], residual[:, :1], *args[2:])
 
-    handle = last.attention.output.register_forward_pre_hook(first_token)
-    return handle.remove
+    handles = [backbone.encoder.layer[-1].attention.output.register_forward_pre_hook(first_token)]
+    if packable:
+        handles.append(backbone.register_forward_pre_hook(packed, with_kwargs=True))
+
+    def undo() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return undo
 
 
 @contextlib.contextmanager
@@ -714,12 +784,15 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     threads = threads_for_load(device)
     halves = split_threads(device, splittable)
     packed = packing_possible(model, task)
+    packed_rows = settings.TRAIN_PACKING == "auto" and classification_packable(model, task)
     bf16 = (bf16_worthwhile(device) if bf16_measured is None else bf16_measured) and autocast_safe(model)
     if packed:
         model.config.use_cache = False  # a cache turns off the packed-sequence mask
     start_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     micro_batch, accumulation = hp.batch_size, 1
     trainer_class = _length_grouped_shuffled(_own_step_trainer(training_step) if training_step else Trainer)
+    if packed_rows:
+        trainer_class = _train_collator(trainer_class, PackedClassification())
     if halves:
         trainer_class = split_trainer_class(trainer_class, seed=hp.seed + 7919, threads=halves, threads_alone=threads,
                                             shifted=task == "sft")
@@ -730,7 +803,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     while True:
         trainer = trainer_class(
             model=model,
-            args=training_args(hp, out, packed=packed, bf16=bf16, evaluate=bool(eval_rows), device=device,
+            args=training_args(hp, out, packed=packed or packed_rows, bf16=bf16, evaluate=bool(eval_rows), device=device,
                                micro_batch=micro_batch, accumulation=accumulation),
             train_dataset=Rows(train_rows),
             eval_dataset=Rows(eval_rows) if eval_rows else None,
@@ -762,6 +835,20 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
             log.warning("out of memory; retrying with micro-batch %s x %s", micro_batch, accumulation)
             if on_oom:
                 on_oom(OomRetry(micro_batch, accumulation, f"{type(exc).__name__}: {exc}"[:300]))
+
+
+def _train_collator(trainer_class: Any, collator: Any) -> Any:
+    """The Trainer, with `collator` for its training batches only (evaluation keeps its padded batches)."""
+
+    class TrainCollatorTrainer(trainer_class):  # type: ignore[misc, valid-type]
+        def get_train_dataloader(self) -> Any:
+            padded, self.data_collator = self.data_collator, collator
+            try:
+                return super().get_train_dataloader()
+            finally:
+                self.data_collator = padded
+
+    return TrainCollatorTrainer
 
 
 def _time_budget(seconds: float) -> Any:

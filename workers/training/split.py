@@ -14,8 +14,8 @@ How:
   is unpickled), the fork runs the Trainer's own compute_loss on it (autocast and all) and backward, while this
   process does the first half; then this process adds the fork's gradients. Each half's loss is its mean, and
   the two are weighted by their rows or label tokens, so that the sum is the whole batch's gradient;
-- rows split in the middle; a packed sft batch (one row of several sequences) splits at the sequence boundary
-  nearest the middle, so neither half attends across it;
+- rows split in the middle; a packed batch (one row of several sequences: sft, or classification with one label
+  per sequence) splits at the sequence boundary nearest the middle token, so neither half attends across it;
 - the fork draws its own dropout masks (seeded from the job's seed), so runs repeat;
 - if the fork fails or stops answering, this process trains the rest of the job alone (the step in progress is
   finished here), and says so in the log.
@@ -115,6 +115,9 @@ def batch_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
     if not inputs or not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in inputs.values()):
         return None
+    packed = _packed_rows_split(inputs)
+    if packed is not None:
+        return packed
     rows = {v.shape[0] for v in inputs.values()}
     if len(rows) != 1:
         return None
@@ -133,6 +136,24 @@ def batch_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     middle = positions.shape[1] / 2
     cut = min(starts, key=lambda s: abs(s - middle))
     return {k: v[:, :cut] for k, v in inputs.items()}, {k: v[:, cut:] for k, v in inputs.items()}
+
+
+def _packed_rows_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A packed classification batch (engine.PackedClassification: [1, T] tokens, one label per row) cut at the
+    row boundary nearest the middle token, each half with its rows' labels; None for any other batch."""
+    positions, labels = inputs.get("position_ids"), inputs.get("labels")
+    if (positions is None or labels is None or positions.dim() != 2 or positions.shape[0] != 1
+            or labels.dim() != 1 or not all(v.shape == positions.shape for k, v in inputs.items() if k != "labels")):
+        return None
+    starts = (positions[0] == 0).nonzero().flatten().tolist()
+    if len(starts) != labels.shape[0] or len(starts) < 2 or starts[0] != 0:
+        return None
+    middle = positions.shape[1] / 2
+    row = min(range(1, len(starts)), key=lambda i: abs(starts[i] - middle))
+    cut = starts[row]
+    first = {k: v[:row] if k == "labels" else v[:, :cut] for k, v in inputs.items()}
+    second = {k: v[row:] if k == "labels" else v[:, cut:] for k, v in inputs.items()}
+    return first, second
 
 
 def loss_items(half: dict[str, Any], *, shifted: bool = False) -> int:
