@@ -262,3 +262,70 @@ def test_lisa_unfreezes_exactly_n_layers_per_period() -> None:
         method.after_step(model, step)
         optimizer.zero_grad()
     assert all(draws[i] == draws[i + 1] for i in range(0, 8, 2)), "a draw lasts one period"
+
+
+def test_mezo_centroid_head_is_the_nearest_centroid_rule_from_forward_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.methods.mezo.model import SCALES, centroid_head
+
+    batch = _batch("classification")
+    base = _base("classification").eval()
+    random_loss = _loss(base, batch)
+    features: list[torch.Tensor] = []
+    handle = base.classifier.register_forward_hook(lambda m, args, out: features.append(args[0].detach()))
+    with torch.no_grad():
+        base(**{k: v for k, v in batch.items() if k != "labels"})
+    handle.remove()
+    monkeypatch.setattr(torch.Tensor, "backward", lambda *a, **k: pytest.fail("backward called"))
+    scale = centroid_head(base, [batch])
+    assert scale in SCALES
+    x, y = features[0], batch["labels"]
+    mu = torch.stack([x[y == c].mean(0) for c in range(2)])
+    nearest = torch.cdist(x, mu).argmin(dim=1)  # the rule the linear head must now compute
+    logits = _outputs(base, batch)
+    assert torch.equal(logits.argmax(dim=1), nearest)
+    assert torch.allclose(base.classifier.weight, scale * mu, atol=1e-5)
+    assert _loss(base, batch) < random_loss
+    assert centroid_head(base, []) is None
+
+
+def test_mezo_mean_pooling_reads_each_row_s_tokens_and_loads_back(tmp_path: Any) -> None:
+    from workers.methods.mezo.model import MeanPooler
+
+    method = method_get("mezo")
+    config = method_config_resolve("mezo", {"lr": 1e-3, "pooling": "mean", "trainable": "lora", "lora_r": 4})
+    batch = _batch("classification")
+    base = _base("classification")
+    assert method.prepare is not None
+    method.prepare(base, config, batches=[batch], task="classification")
+    assert isinstance(base.bert.pooler, MeanPooler)
+    model = method.build(base, config, task="classification")
+    model.eval()
+    with torch.no_grad():
+        out = base.bert(**{k: v for k, v in batch.items() if k != "labels"})
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        assert torch.allclose(out.pooler_output, (out.last_hidden_state * mask).sum(1) / mask.sum(1), atol=1e-6)
+        # a padded row gives what the row gives alone: the padding is not in the mean
+        short = int(batch["attention_mask"].sum(1).argmin())
+        n = int(batch["attention_mask"][short].sum())
+        alone = model(input_ids=batch["input_ids"][short : short + 1, :n],
+                      attention_mask=batch["attention_mask"][short : short + 1, :n]).logits
+        assert n < batch["input_ids"].shape[1]
+        assert torch.allclose(alone, _outputs(model, batch)[short : short + 1], atol=1e-5)
+    for step in range(1, 4):
+        method.training_step(model, batch, step=step)  # type: ignore[misc]
+    method.save(model, str(tmp_path))
+    expected = _outputs(model, batch)
+    loaded = method.load(_base("classification"), str(tmp_path))  # type: ignore[misc]
+    assert isinstance(loaded.bert.pooler, MeanPooler)
+    assert torch.equal(_outputs(loaded, batch), expected)
+
+
+def test_mezo_mean_pooling_is_refused_where_there_is_no_pooler() -> None:
+    from workers.methods.mezo.model import centroid_head, mean_pooling
+    from workers.methods.registry import ConfigError
+
+    decoder = _base("sft")
+    with pytest.raises(ConfigError) as error:
+        mean_pooling(decoder)
+    assert error.value.param == "method_config.pooling"
+    assert centroid_head(decoder, [_batch("sft")]) is None  # no classification head to set

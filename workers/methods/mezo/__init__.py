@@ -12,7 +12,14 @@ parameters, so, as in the paper's MeZO (LoRA) rows, trainable="lora" perturbs an
 (peft's, on the attention query and value projections) and the task head. The head of a classification task starts
 random and reads small features, so it may take its own larger step (head_lr): the same z, the update scaled per
 parameter group (a diagonal preconditioner; still forward passes only). The method brings its own training step and
-learning rate. Written here: no maintained library has it."""
+learning rate. Written here: no maintained library has it.
+
+A head that starts random is why MeZO hardly learns a classification task in the steps a small job has: the
+paper classifies through a prompt and the pretrained LM head, so its runs start from a zero-shot classifier. An
+encoder checkpoint has no such head; head_init=centroids gives it one with forward passes only (the class means
+mu of the pooled features: W = s mu, b = -s |mu|^2 / 2, the nearest-centroid rule as a linear layer, s the scale
+of lowest loss on the rows it saw), and pooling=mean lets the head read the features a sentence-transformers
+checkpoint was trained to produce."""
 
 from typing import Literal
 
@@ -44,9 +51,22 @@ class MezoConfig(BaseModel):
     head_lr: float | None = Field(None, gt=0.0, le=10.0, description="Learning rate of the task head (a fresh "
                                   "classifier), which starts random and often needs a far larger step than the "
                                   "rest; default: lr. Same perturbation, the update scaled per group.")
+    head_init: Literal["centroids", "random"] = Field(
+        "centroids", description="How a classification head starts. centroids: before the first step, from the "
+        "mean feature of each class over the first 8 training batches (forward passes only; nearest-centroid "
+        "weights, their scale chosen for the lowest loss on those rows), so that MeZO starts from a classifier, "
+        "as the paper's prompt and pretrained LM head do, instead of from chance. Used where the head reads one "
+        "vector per row (BERT-like classifiers); elsewhere, and for the other tasks, the head starts random. "
+        "random: the head as the model builds it.")
+    pooling: Literal["model", "mean"] = Field(
+        "model", description="What a classification head reads. model: the model's own (BERT: a dense layer on the "
+        "first token, random where the checkpoint has none, as in sentence-transformers checkpoints). mean: the "
+        "mean of the last layer over each row's tokens, how sentence-transformers checkpoints were trained (BERT-"
+        "like models with a pooler only); restored when the adapter is loaded.")
 
 
 method_register(Method(name="mezo", title="MeZO (zeroth-order)", paper="arXiv:2305.17333", config=MezoConfig,
                        build=lazy(f"{MODEL}:build"), training_step=lazy(f"{MODEL}:training_step"),
+                       prepare=lazy(f"{MODEL}:prepare"),
                        save=lazy(f"{MODEL}:save"), load=lazy(f"{MODEL}:load"), mergeable=False,
                        peft_backed=False, loading=LOADING))

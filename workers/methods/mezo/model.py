@@ -15,6 +15,7 @@ from workers.methods.native import (
     native_save,
     weights_copy,
 )
+from workers.methods.registry import ConfigError
 
 
 def _lora_add(base: nn.Module, config: dict[str, Any]) -> None:
@@ -23,6 +24,85 @@ def _lora_add(base: nn.Module, config: dict[str, Any]) -> None:
 
     r = config["lora_r"]
     inject_adapter_in_model(LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0), base)
+
+
+class MeanPooler(nn.Module):
+    """In place of BERT's pooler: the mean of the last layer over each row's real tokens. The mask comes from the
+    backbone's own call (a forward pre-hook keeps it), since a pooler is handed the hidden states alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mask is None or self.mask.shape != hidden.shape[:2]:
+            return hidden.mean(dim=1)
+        mask = self.mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def mean_pooling(base: nn.Module) -> None:
+    """Replace the backbone's pooler by MeanPooler (once); ConfigError where there is no pooler to replace."""
+    backbone: Any = getattr(base, "base_model", None)
+    if backbone is None or getattr(backbone, "pooler", None) is None:
+        raise ConfigError(f"pooling=mean needs a BERT-like classifier with a pooler; {type(base).__name__} has none",
+                          "method_config.pooling")
+    if isinstance(backbone.pooler, MeanPooler):
+        return
+    pooler = MeanPooler()
+    backbone.pooler = pooler
+
+    def keep_mask(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        pooler.mask = mask if mask is not None and mask.dim() == 2 else None
+
+    backbone.register_forward_pre_hook(keep_mask, with_kwargs=True)
+
+
+SCALES = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@torch.no_grad()
+def centroid_head(base: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float | None:
+    """Set the classification head to the nearest-centroid rule over the batches' pooled features (forward passes
+    only): W = s mu, b = -s |mu|^2 / 2, s from SCALES with the lowest loss on those rows. Returns s, or None (the
+    head left as it was) where the head does not read one vector per row or has no bias."""
+    head = next(iter(heads(base, "classification").values()), None)
+    if not isinstance(head, nn.Linear) or head.bias is None or not batches:
+        return None
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda module, args, output: seen.append(args[0].detach().float()))
+    was_training = base.training
+    base.eval()
+    labels = []
+    try:
+        for batch in batches:
+            base(**{k: v for k, v in batch.items() if k != "labels"})
+            labels.append(batch["labels"])
+    finally:
+        handle.remove()
+        base.train(was_training)
+    if not seen or any(x.dim() != 2 for x in seen):
+        return None
+    features, targets = torch.cat(seen), torch.cat(labels)
+    mean = features.mean(dim=0)
+    mu = torch.stack([features[targets == c].mean(dim=0) if bool((targets == c).any()) else mean
+                      for c in range(head.out_features)])
+    logits = features @ mu.T - (mu * mu).sum(dim=1) / 2
+    scale = min(SCALES, key=lambda s: float(nn.functional.cross_entropy(s * logits, targets)))
+    head.weight.copy_((scale * mu).to(head.weight.dtype))
+    head.bias.copy_((-scale * (mu * mu).sum(dim=1) / 2).to(head.bias.dtype))
+    return float(scale)
+
+
+def prepare(base: nn.Module, config: dict[str, Any], *, batches: list[dict[str, torch.Tensor]], task: str) -> None:
+    """Before build, classification only: the pooling, then the head's start (head_init=centroids)."""
+    if task != "classification":
+        return
+    if config.get("pooling", "model") == "mean":
+        mean_pooling(base)
+    if config.get("head_init", "centroids") == "centroids":
+        centroid_head(base, batches)
 
 
 def _prepare(base: nn.Module, config: dict[str, Any], task: str) -> None:
@@ -37,6 +117,8 @@ def _prepare(base: nn.Module, config: dict[str, Any], task: str) -> None:
 
 def build(model: nn.Module, config: dict[str, Any], *, task: str) -> NativeModel:
     build_start("mezo", task)
+    if task == "classification" and config.get("pooling", "model") == "mean":
+        mean_pooling(model)  # prepare did it already when the worker called it first
     _prepare(model, config, task)
     return NativeModel(model, method="mezo", method_config=config, task=task)
 
@@ -89,6 +171,8 @@ def save(model: NativeModel, directory: str) -> None:
 
 def load(base: nn.Module, directory: str) -> nn.Module:
     config, tensors = native_read(directory, "mezo")
+    if config["task"] == "classification" and config["method_config"].get("pooling", "model") == "mean":
+        mean_pooling(base)
     if config["method_config"].get("trainable", "all") == "lora":
         _lora_add(base, config["method_config"])
     weights_copy(base, tensors)
