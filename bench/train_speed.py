@@ -14,7 +14,8 @@ Writes bench/results/train_speed-<task>-speed.json, or bench/results/train_quali
 MFU counts model FLOPs on real (non-padding) tokens: 4 x (parameters in linear layers) per token
 (forward 2N; backward only the input gradients, 2N, because the base is frozen; the adapter's own
 weight gradients are negligible), plus attention (12 x layers x width x length^2 per sequence),
-divided by the train time and by the measured matmul peak (2 threads, 1024^3) in bf16 and in fp32.
+divided by the train time and by the measured matmul peak (2 threads, 1024^3) in bf16 and in fp32; `mfu` is
+against the peak of the precision that side trained in.
 """
 
 import argparse
@@ -194,9 +195,12 @@ def speed_report(args: argparse.Namespace, peaks: dict[str, float], plain_runs: 
     attention = attention_flops(args.task, args.rows, args.seed, layers, width)
     linear, real_tokens = service_runs[0]["linear_params"], service_runs[0]["real_tokens"]
     flops_per_token = 4.0 * linear + attention / real_tokens
-    for side in (plain, service):
+    for side, runs in ((plain, plain_runs), (service, service_runs)):
         flops_per_s = flops_per_token * side["real_tokens_per_s"]
         side["achieved_gflops"] = round(flops_per_s / 1e9, 2)
+        # against the peak of the precision the side ran in (a CPU without fast bf16 trains in fp32)
+        side["precision"] = "bfloat16" if runs[0].get("bf16") else "float32"
+        side["mfu"] = round(flops_per_s / peaks[side["precision"]], 4)
         side["mfu_vs_bf16_peak"] = round(flops_per_s / peaks["bfloat16"], 4)
         side["mfu_vs_fp32_peak"] = round(flops_per_s / peaks["float32"], 4)
     ratios = {"real_tokens_per_s": round(service["real_tokens_per_s"] / plain["real_tokens_per_s"], 2),

@@ -23,12 +23,11 @@ from api.jobs.models import ErrorCode, JobStatus
 from api.jobs.services import job_fail
 from api.ops import broker
 from api.ops.selectors import WORKER_KEY, queue_depths
-from tests.chaos.helpers import long_job, ready_dataset
 from storage.embedded import free_port
+from tests.chaos.helpers import long_job, ready_dataset
 from tests.conftest import make_client, wait_for
 from workers.capabilities import devices_report, worker_report_build, worker_report_write
 from workers.tasks import job_train
-
 
 ROOT = Path(__file__).resolve().parents[2]
 

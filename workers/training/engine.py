@@ -803,8 +803,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     while True:
         trainer = trainer_class(
             model=model,
-            args=training_args(hp, out, packed=packed or packed_rows, bf16=bf16, evaluate=bool(eval_rows), device=device,
-                               micro_batch=micro_batch, accumulation=accumulation),
+            args=training_args(hp, out, packed=packed or packed_rows, bf16=bf16, evaluate=bool(eval_rows),
+                               device=device, micro_batch=micro_batch, accumulation=accumulation),
             train_dataset=Rows(train_rows),
             eval_dataset=Rows(eval_rows) if eval_rows else None,
             data_collator=collator_build(task, tokenizer, packed=packed),
@@ -842,7 +842,8 @@ def _train_collator(trainer_class: Any, collator: Any) -> Any:
 
     class TrainCollatorTrainer(trainer_class):  # type: ignore[misc, valid-type]
         def get_train_dataloader(self) -> Any:
-            padded, self.data_collator = self.data_collator, collator
+            padded: Any = getattr(self, "data_collator")  # noqa: B009 - the Trainer attribute has no static type here
+            self.data_collator = collator
             try:
                 return super().get_train_dataloader()
             finally:
@@ -888,9 +889,11 @@ class Fit:
 
 
 def examples_train(*, base_model: str, task: str, method_name: str, method_config: dict[str, Any],
-                   hp: Hyperparameters, train: Sequence[Example], evaluation: Sequence[Example], out: Path) -> Fit:
+                   hp: Hyperparameters, train: Sequence[Example], evaluation: Sequence[Example], out: Path,
+                   callbacks: Sequence[Any] = ()) -> Fit:
     """What a job does between downloading its datasets and publishing, on examples in memory: encode, build
-    the method's model, train (timed: trainer_fit alone), evaluate. For benchmarks and tests."""
+    the method's model, train (timed: trainer_fit alone), evaluate. For benchmarks and tests; `callbacks` are
+    extra TrainerCallbacks (a benchmark's dev curve)."""
     from workers.methods.registry import config_resolve, method_get
     from workers.training.callbacks import MethodStepCallback
 
@@ -907,7 +910,8 @@ def examples_train(*, base_model: str, task: str, method_name: str, method_confi
     started = time.perf_counter()  # the method's own step and after-step work, as in a job (MeZO, LT-SFT, LISA)
     trainer = trainer_fit(model, task=task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=[],
                           out=out, device=device_pick(), training_step=method.training_step,
-                          callbacks=[MethodStepCallback(method.after_step)] if method.after_step else [],
+                          callbacks=[*([MethodStepCallback(method.after_step)] if method.after_step else []),
+                                     *callbacks],
                           splittable=method.data_parallel)
     seconds = time.perf_counter() - started
     metrics = trainer.evaluate(Rows(eval_rows)) if eval_rows else {}
