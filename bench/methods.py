@@ -77,20 +77,16 @@ LONG: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 ]
 WHY_NOT = {
     "mezo": "zeroth-order: one loss difference per step instead of a gradient; the paper runs 100k steps, one "
-            "epoch here is 125, and the classifier head starts random (the paper classifies through a prompt and the "
-            "pretrained LM head). Its step size is its own config's lr (1e-6 by default); the lr column is the "
-            "Trainer's, which MeZO does not use. Full-parameter, five epochs (625 steps): at 1e-4 0.5080 (dev loss "
-            "0.6929), at 1e-3 0.5092 (train loss 0.694 -> 0.671, dev loss 0.6973). The paper's MeZO (LoRA) "
-            "(trainable=lora: 74,498 perturbed parameters instead of 22.7M; LoRA at the paper's 1e-4, the head at "
-            "its own head_lr): at head_lr 0.1 one epoch 0.5092 (train loss 0.706 -> 0.654, dev loss 0.79), three "
-            "0.4725 (dev loss 0.83: the head's noisy steps swing its offset); at head_lr 0.05 four epochs (500 steps) "
-            "0.5011 (train loss 0.698 -> 0.663, dev loss 0.707); at head_lr 0.02 four epochs (run aside through the "
-            "same child(), not in this table) 0.5092 (train loss 0.695 -> 0.672, dev loss 0.700): it learns on the "
-            "training rows, not yet on dev (the 12-epoch run in LONG was stopped unfinished on a shared machine). "
-            "The head reads the frozen pooler's small, poorly "
-            "conditioned features (mean norm 1.26): even a backprop linear probe on them reaches only 0.729 on "
-            "dev, and plain SGD on the head alone takes 4 to 7 epochs to reach 0.70 (both measured aside on the frozen "
-            "features)",
+            "epoch here is 125. Its step size is its own config's lr (1e-6 by default); the lr column is the "
+            "Trainer's, which MeZO does not use. The paper classifies through a prompt and the pretrained LM head, "
+            "so it starts from a zero-shot classifier; here the head is new. With head_init=random (the rows so "
+            "named, the default until head_init existed) every run stayed at the majority class, full-parameter or "
+            "LoRA, up to 5 epochs, though the train loss fell (0.698 -> 0.663 at head_lr 0.05). head_init=centroids "
+            "(now the default: the class means of the pooled features, forward passes only) starts the default run "
+            "at 0.6227 on the frozen random pooler's features, and one epoch of full-parameter MeZO at 1e-6 leaves "
+            "it there (0.6216). Reading the mean of the last layer instead (pooling=mean, how the checkpoint was "
+            "trained) it starts at 0.7626 and MeZO (LoRA) moves on from there: see its rows and their dev curves "
+            "in methods.json",
     "prompt_tuning": "20 trained input embeddings on a 22M-parameter encoder: prompt tuning is known to need "
                      "large models or many epochs; at 3e-2 one epoch gives 0.5711, five give 0.7420 (train loss "
                      "0.73 -> 0.35): learning, still short of the target",
@@ -282,6 +278,11 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         hp = r["hyperparameters"]
         note = "" if r["dev_accuracy"] >= TARGET else f"below {TARGET}: {WHY_NOT.get(r['method'], 'see README')}"
         loss = f"train loss {r['first_train_loss']} -> {r['last_train_loss']}"
+        if r.get("dev_curve"):
+            curve = r["dev_curve"]
+            steps = ", ".join(f"{p['step']}: {p['dev_accuracy']:.4f}" for p in curve)
+            loss += (f"; dev accuracy by step ({steps}), dev loss {curve[0]['dev_loss']} -> "
+                     f"{curve[-1]['dev_loss']}")
         if r["method"] in TRIED and hp["epochs"] == BASE["epochs"] and not r["method_config"]:
             loss = f"other rates tried: {TRIED[r['method']]}; {loss}"
         lines.append(f"| {r['run']} | {r['trainable_parameters']:,} | {r['train_seconds']} | "
