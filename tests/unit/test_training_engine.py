@@ -433,30 +433,46 @@ def test_packed_classification_batch_gives_the_padded_loss_and_gradients() -> No
             torch.nn.init.normal_(param, std=0.5)
     model.eval()
     assert engine.classification_packable(model, "classification")
-    rows = encode_all(tokenizer, "classification", TRAIN[:12], 32, {"0": 0, "1": 1})
+    rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
     padded = engine.collator_build("classification", tokenizer, packed=False)(rows)
-    packed = engine.PackedClassification()(rows)
-    assert packed["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows)) and "attention_mask" not in packed
-    assert packed["labels"].tolist() == [r["labels"] for r in rows]
+    packed = engine.PackedClassification(tokenizer.pad_token_id)(rows)
+    lengths = [len(r["input_ids"]) for r in rows]
+    bins = engine.PackedClassification.bins_for(lengths)
+    assert bins >= 2 and packed["input_ids"].shape[0] == bins and "attention_mask" not in packed
+    real = packed["position_ids"] != engine.PAD_POSITION
+    assert int(real.sum()) == sum(lengths)  # every token once
+    assert packed["input_ids"].numel() - sum(lengths) < max(lengths)  # the bins even out to less than a row
+    assert sorted(packed["labels"].tolist()) == sorted(r["labels"] for r in rows)
     assert int(padded["attention_mask"].eq(0).sum()) > 0  # the padded batch does have padding to save
     with engine.fast_path(model, device="cpu", bf16=False, task="classification"):
         padded_loss, padded_grads = _lora_grads(model, padded, bf16=False)
         packed_loss, packed_grads = _lora_grads(model, packed, bf16=False)
         with torch.no_grad():
             logits = model(**packed).logits
-            assert torch.allclose(logits, model(**padded).logits, rtol=1e-4, atol=1e-5)
+            # the rows in bin order: match each packed row to its padded row by its tokens
+            order = []
+            for b, row in zip(*(packed["position_ids"] == 0).nonzero(as_tuple=True), strict=True):
+                n = 1 + int((packed["position_ids"][b, row + 1 :] > 0).int().cumprod(0).sum())
+                tokens = packed["input_ids"][b, row : row + n].tolist()
+                order.append(next(i for i, r in enumerate(rows) if r["input_ids"] == tokens and i not in order))
+            assert torch.allclose(logits, model(**padded).logits[order], rtol=1e-4, atol=1e-5)
         # the mask matters: without it the rows attend across each other and the loss is another
         leaky = {**packed, "attention_mask": torch.ones_like(packed["input_ids"])}
         with torch.no_grad():
             assert float(model(**{k: v for k, v in leaky.items() if k != "labels"}).logits[0, 0]) != pytest.approx(
                 float(logits[0, 0]), rel=1e-4)
-    assert logits.shape == (12, 2)
+    assert logits.shape == (len(rows), 2)
     assert packed_loss == pytest.approx(padded_loss, rel=1e-5)
     for name, grad in padded_grads.items():
         assert torch.allclose(packed_grads[name], grad, rtol=1e-4, atol=1e-6), name
-    mask, starts = engine.packed_mask(torch.tensor([[0, 1, 2, 0, 1, 0]]))
-    assert starts.tolist() == [0, 3, 5]
+    pad = engine.PAD_POSITION
+    mask, starts, positions = engine.packed_mask(torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 0, 1, pad, pad]]))
+    assert starts.nonzero().tolist() == [[0, 0], [0, 3], [0, 5], [1, 0], [1, 2]]
     assert mask[0, 0].int().tolist() == [[1, 1, 1, 0, 0, 0]] * 3 + [[0, 0, 0, 1, 1, 0]] * 2 + [[0, 0, 0, 0, 0, 1]]
+    # padding is no row's key, and attends to itself alone
+    assert mask[1, 0].int().tolist() == [[1, 1, 0, 0, 0, 0]] * 2 + [[0, 0, 1, 1, 0, 0]] * 2 + [
+        [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]
+    assert positions[1].tolist() == [0, 1, 0, 1, 0, 0]
 
 
 def test_trainer_fit_packs_classification_batches_in_a_random_order(tmp_path: Path, settings: Any) -> None:
@@ -467,7 +483,7 @@ def test_trainer_fit_packs_classification_batches_in_a_random_order(tmp_path: Pa
                                  out=tmp_path, device="cpu")
     assert type(trainer._get_train_sampler()).__name__ == "RandomSampler"
     batch = next(iter(trainer.get_train_dataloader()))
-    assert batch["input_ids"].shape[0] == 1 and batch["labels"].shape == (8,)
+    assert "position_ids" in batch and "attention_mask" not in batch and batch["labels"].shape == (8,)
     assert trainer.get_eval_dataloader().collate_fn(rows[:4])["input_ids"].shape[0] == 4  # evaluation: padded
     assert trainer.state.global_step == 6 and all(h["loss"] > 0 for h in trainer.state.log_history if "loss" in h)
     settings.TRAIN_PACKING = "off"

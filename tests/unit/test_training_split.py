@@ -150,6 +150,14 @@ def test_batches_split_by_rows_or_at_a_packed_sequence_boundary() -> None:
     assert second["position_ids"].tolist() == [[0, 1, 2, 3]] and second["labels"].tolist() == [1]
     assert second["token_type_ids"].shape == (1, 4)
     assert split.loss_items(first) == 2 and split.loss_items(second) == 1
+    # several bins (engine.PackedClassification): each half takes whole bins and their rows' labels
+    pad = -1
+    bins = {"input_ids": torch.arange(15).view(3, 5),
+            "position_ids": torch.tensor([[0, 1, 0, 1, 2], [0, 1, 2, 3, pad], [0, 1, 2, 0, 1]]),
+            "token_type_ids": torch.zeros(3, 5, dtype=torch.long), "labels": torch.tensor([1, 0, 1, 0, 1])}
+    first, second = split.batch_split(bins)  # type: ignore[misc]
+    assert first["input_ids"].shape == (1, 5) and first["labels"].tolist() == [1, 0]
+    assert second["input_ids"].shape == (2, 5) and second["labels"].tolist() == [1, 0, 1]
     one_sequence = {"input_ids": torch.arange(4).view(1, 4), "position_ids": torch.arange(4).view(1, 4)}
     assert split.batch_split(one_sequence) is None
     assert split.batch_split({"input_ids": torch.zeros(1, 3, dtype=torch.long)}) is None

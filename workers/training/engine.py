@@ -426,33 +426,72 @@ def classification_packable(model: Any, task: str) -> bool:
     return getattr(backbone.config, "_attn_implementation", None) in ("sdpa", ATTENTION_FAST)
 
 
+PAD_POSITION = -1  # position id of the padding at the end of a shorter bin (PackedClassification)
+
+
 class PackedClassification:
-    """A classification batch as one sequence, without padding: the rows' tokens end to end (input_ids
-    [1, T]), position_ids restarting at 0 for each row, and one label per row ([rows]). The batch is the
-    same random sample of rows as the plain Trainer's (no length grouping, which biased each step towards
-    rows of one length); the model does no work on padding. _first_token_last_layer turns the positions into
-    a block-diagonal attention mask (no row attends to another) and hands the pooler each row's first
-    token; the split cuts such a batch at a row boundary (workers/training/split.py)."""
+    """A classification batch as a few packed sequences ("bins"), with almost no padding: the rows are dealt to
+    the bins longest first, each to the bin with the fewest tokens so far, and each bin holds its rows end to end
+    (input_ids [bins, T]), position_ids restarting at 0 for each row and PAD_POSITION on the few padding tokens
+    that even the bins out; one label per row ([rows], in the order the rows sit in the bins, bin after bin).
+    Several bins rather than one sequence: attention within a bin costs its length squared, and one sequence of
+    the whole batch cost more than the padding saved. The batch is the same random sample of rows as the plain
+    Trainer's (no length grouping, which biased each step towards rows of one length).
+    _first_token_last_layer turns the positions into a block-diagonal attention mask (no row attends to another
+    or to padding) and hands the pooler each row's first token; the split gives each process whole bins
+    (workers/training/split.py)."""
+
+    def __init__(self, pad_token_id: int = 0):
+        self.pad_token_id = pad_token_id
+
+    @staticmethod
+    def bins_for(lengths: Sequence[int]) -> int:
+        """About two of the longest row per bin (at least 64 tokens), at most one bin per row."""
+        if not lengths:
+            return 1
+        return max(1, min(len(lengths), round(sum(lengths) / max(2 * max(lengths), 64))))
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        ids: list[int] = []
-        positions: list[int] = []
-        for feature in features:
-            ids += feature["input_ids"]
-            positions += range(len(feature["input_ids"]))
-        return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]),
-                "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
-                "labels": torch.tensor([feature["labels"] for feature in features])}
+        lengths = [len(f["input_ids"]) for f in features]
+        count = self.bins_for(lengths)
+        bins: list[list[int]] = [[] for _ in range(count)]
+        sizes = [0] * count
+        for i in sorted(range(len(features)), key=lambda i: -lengths[i]):
+            b = min(range(count), key=lambda b: sizes[b])
+            bins[b].append(i)
+            sizes[b] += lengths[i]
+        width = max(sizes)
+        ids = torch.full((count, width), self.pad_token_id, dtype=torch.long)
+        positions = torch.full((count, width), PAD_POSITION, dtype=torch.long)
+        labels = []
+        for b, rows in enumerate(bins):
+            at = 0
+            for i in sorted(rows):
+                n = lengths[i]
+                ids[b, at : at + n] = torch.tensor(features[i]["input_ids"])
+                positions[b, at : at + n] = torch.arange(n)
+                labels.append(features[i]["labels"])
+                at += n
+        return {"input_ids": ids, "position_ids": positions, "token_type_ids": torch.zeros_like(ids),
+                "labels": torch.tensor(labels)}
 
 
-def packed_mask(positions: Any) -> tuple[Any, Any]:
-    """The [1, 1, T, T] boolean mask (True: may attend) that keeps each packed row to itself, and the index of
-    each row's first token, from position_ids [1, T] that restart at 0 for each row."""
-    starts = positions[0] == 0
-    segment = starts.cumsum(0)
-    return (segment[:, None] == segment[None, :])[None, None], starts.nonzero().flatten()
+def packed_mask(positions: Any) -> tuple[Any, Any, Any]:
+    """From position_ids [bins, T] (0 at each row's start, PAD_POSITION on padding): the [bins, 1, T, T] boolean
+    mask (True: may attend) that keeps each row to itself (a padding token attends to itself alone, so that no
+    softmax is empty), a boolean [bins, T] that is True at each row's first token, and the position ids with
+    the padding's set to 0 for the embedding lookup."""
+    import torch
+
+    starts = positions == 0
+    pad = positions == PAD_POSITION
+    segment = starts.cumsum(dim=1)
+    same = (segment[:, :, None] == segment[:, None, :]) & ~pad[:, None, :] & ~pad[:, :, None]
+    eye = torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)[None]
+    mask = same | (eye & pad[:, :, None])
+    return mask[:, None], starts, positions.clamp(min=0)
 
 
 def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
@@ -462,8 +501,8 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
     what they were, and a sixth of minilm-l6's linear-layer work is not done (two thirds of its last layer).
     The other positions' attention keys and values are still computed: the first position attends to them.
     A packed batch (PackedClassification: position_ids and no attention mask, where classification_packable)
-    gets its block-diagonal mask from a pre-hook on the backbone, and the last layer goes on with each row's
-    first token as a row of its own ([rows, 1, width]), which is what the pooler reads.
+    gets its block-diagonal mask from a pre-hook on the backbone (packed_mask), and the last layer goes on with
+    each row's first token as a row of its own ([rows, 1, width]), which is what the pooler reads.
     None where the model is not one of FIRST_TOKEN_CLASSIFIERS wrapped by peft (whose methods act on each position
     on its own)."""
     backbone = _first_token_classifier(model, task)
@@ -475,17 +514,16 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
     def packed(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         positions = kwargs.get("position_ids")
         state["starts"] = None
-        if (positions is None or kwargs.get("attention_mask") is not None or positions.dim() != 2
-                or positions.shape[0] != 1):
+        if positions is None or kwargs.get("attention_mask") is not None or positions.dim() != 2:
             return None
-        kwargs["attention_mask"], state["starts"] = packed_mask(positions)
+        kwargs["attention_mask"], state["starts"], kwargs["position_ids"] = packed_mask(positions)
         return args, kwargs
 
     def first_token(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
         hidden, residual = args[:2]
         starts = state["starts"]
-        if starts is not None:
-            return (hidden[0, starts].unsqueeze(1), residual[0, starts].unsqueeze(1), *args[2:])
+        if starts is not None:  # a packed batch: each row's first token, row after row
+            return (hidden[starts].unsqueeze(1), residual[starts].unsqueeze(1), *args[2:])
         return (hidden[:, :1], residual[:, :1], *args[2:])
 
     handles = [backbone.encoder.layer[-1].attention.output.register_forward_pre_hook(first_token)]
@@ -792,7 +830,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     micro_batch, accumulation = hp.batch_size, 1
     trainer_class = _length_grouped_shuffled(_own_step_trainer(training_step) if training_step else Trainer)
     if packed_rows:
-        trainer_class = _train_collator(trainer_class, PackedClassification())
+        trainer_class = _train_collator(trainer_class, PackedClassification(tokenizer.pad_token_id or 0))
     if halves:
         trainer_class = split_trainer_class(trainer_class, seed=hp.seed + 7919, threads=halves, threads_alone=threads,
                                             shifted=task == "sft")

@@ -14,8 +14,9 @@ How:
   is unpickled), the fork runs the Trainer's own compute_loss on it (autocast and all) and backward, while this
   process does the first half; then this process adds the fork's gradients. Each half's loss is its mean, and
   the two are weighted by their rows or label tokens, so that the sum is the whole batch's gradient;
-- rows split in the middle; a packed batch (one row of several sequences: sft, or classification with one label
-  per sequence) splits at the sequence boundary nearest the middle token, so neither half attends across it;
+- rows split in the middle; a packed sft batch (one row of several sequences) splits at the sequence boundary
+  nearest the middle token, so neither half attends across it; a packed classification batch (a few bins of
+  rows, one label per row) gives each half whole bins and their rows' labels;
 - the fork draws its own dropout masks (seeded from the job's seed), so runs repeat;
 - if the fork fails or stops answering, this process trains the rest of the job alone (the step in progress is
   finished here), and says so in the log.
@@ -139,21 +140,30 @@ def batch_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _packed_rows_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """A packed classification batch (engine.PackedClassification: [1, T] tokens, one label per row) cut at the
-    row boundary nearest the middle token, each half with its rows' labels; None for any other batch."""
+    """A packed classification batch (engine.PackedClassification: [bins, T] tokens, position 0 at each row's
+    start, one label per row, bin after bin): the first half of the bins and their rows' labels, and the rest;
+    one bin is cut at the row boundary nearest its middle token. None for any other batch."""
     positions, labels = inputs.get("position_ids"), inputs.get("labels")
-    if (positions is None or labels is None or positions.dim() != 2 or positions.shape[0] != 1
-            or labels.dim() != 1 or not all(v.shape == positions.shape for k, v in inputs.items() if k != "labels")):
+    if (positions is None or labels is None or positions.dim() != 2 or labels.dim() != 1
+            or not all(v.shape == positions.shape for k, v in inputs.items() if k != "labels")):
         return None
-    starts = (positions[0] == 0).nonzero().flatten().tolist()
-    if len(starts) != labels.shape[0] or len(starts) < 2 or starts[0] != 0:
+    starts = positions == 0
+    if int(starts.sum()) != labels.shape[0] or not bool(starts[:, 0].all()):
         return None
-    middle = positions.shape[1] / 2
-    row = min(range(1, len(starts)), key=lambda i: abs(starts[i] - middle))
-    cut = starts[row]
-    first = {k: v[:row] if k == "labels" else v[:, :cut] for k, v in inputs.items()}
-    second = {k: v[row:] if k == "labels" else v[:, cut:] for k, v in inputs.items()}
-    return first, second
+    bins = positions.shape[0]
+    if bins >= 2:
+        half = bins // 2
+        rows = int(starts[:half].sum())
+        return ({k: v[:rows] if k == "labels" else v[:half] for k, v in inputs.items()},
+                {k: v[rows:] if k == "labels" else v[half:] for k, v in inputs.items()})
+    cuts = starts[0].nonzero().flatten().tolist()[1:]
+    if not cuts:
+        return None
+    middle = int((positions[0] >= 0).sum()) / 2
+    row = min(range(len(cuts)), key=lambda i: abs(cuts[i] - middle)) + 1
+    cut = cuts[row - 1]
+    return ({k: v[:row] if k == "labels" else v[:, :cut] for k, v in inputs.items()},
+            {k: v[row:] if k == "labels" else v[:, cut:] for k, v in inputs.items()})
 
 
 def loss_items(half: dict[str, Any], *, shifted: bool = False) -> int:
