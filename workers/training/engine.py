@@ -446,10 +446,12 @@ class PackedClassification:
 
     @staticmethod
     def bins_for(lengths: Sequence[int]) -> int:
-        """About two of the longest row per bin (at least 64 tokens), at most one bin per row."""
+        """About two of the longest row per bin (at least 64 tokens), at most one bin per row, and an even number
+        of them from two on: the split gives each process half the bins, and the bins are of about one size."""
         if not lengths:
             return 1
-        return max(1, min(len(lengths), round(sum(lengths) / max(2 * max(lengths), 64))))
+        count = max(1, min(len(lengths), round(sum(lengths) / max(2 * max(lengths), 64))))
+        return count - count % 2 if count >= 2 else count
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
