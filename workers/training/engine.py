@@ -196,6 +196,7 @@ def bf16_worthwhile(device: str) -> bool:
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.info("CPU without bf16 support in oneDNN: training in fp32")
         return False
     ratio = matmul_peak("bfloat16", 512, 8) / matmul_peak("float32", 512, 8)
     log.info("CPU bf16 matmul is %.2fx fp32", ratio)
@@ -836,6 +837,9 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     if halves:
         trainer_class = split_trainer_class(trainer_class, seed=hp.seed + 7919, threads=halves, threads_alone=threads,
                                             shifted=task == "sft")
+    log.info("training on %s: %s, %s, %s batches", device, "bf16 frozen weights" if bf16 else "fp32",
+             f"2 processes of {halves} thread(s)" if halves else f"{threads} thread(s)",
+             "packed" if packed or packed_rows else "length-grouped")
     if hp.max_train_seconds:
         callbacks = [*callbacks, _time_budget(hp.max_train_seconds)]
     if device == "cpu" and not settings.TRAIN_THREADS and threads_nominal() > 1 and not halves:
