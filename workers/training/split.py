@@ -134,8 +134,7 @@ def batch_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     starts = [s for s in starts if s > 0]
     if not starts:
         return None
-    middle = positions.shape[1] / 2
-    cut = min(starts, key=lambda s: abs(s - middle))
+    cut = _cut_nearest(starts, positions.shape[1] / 2)
     return {k: v[:, :cut] for k, v in inputs.items()}, {k: v[:, cut:] for k, v in inputs.items()}
 
 
@@ -159,11 +158,15 @@ def _packed_rows_split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     cuts = starts[0].nonzero().flatten().tolist()[1:]
     if not cuts:
         return None
-    middle = int((positions[0] >= 0).sum()) / 2
-    row = min(range(len(cuts)), key=lambda i: abs(cuts[i] - middle)) + 1
-    cut = cuts[row - 1]
+    cut = _cut_nearest(cuts, int((positions[0] >= 0).sum()) / 2)
+    row = cuts.index(cut) + 1  # rows before the cut: the first row, and one per earlier boundary
     return ({k: v[:row] if k == "labels" else v[:, :cut] for k, v in inputs.items()},
             {k: v[row:] if k == "labels" else v[:, cut:] for k, v in inputs.items()})
+
+
+def _cut_nearest(starts: list[int], middle: float) -> int:
+    """The sequence start (a token index) nearest `middle`: where a packed row of sequences is cut in two."""
+    return min(starts, key=lambda s: abs(s - middle))
 
 
 def loss_items(half: dict[str, Any], *, shifted: bool = False) -> int:
