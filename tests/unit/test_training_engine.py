@@ -223,9 +223,12 @@ def test_first_token_last_layer_gives_the_same_loss_and_gradients(monkeypatch: A
         encode_all(tokenizer, "classification", TRAIN[:16], 32, {"0": 0, "1": 1}))
     with engine.fast_path(model, device="cpu", bf16=False, task="classification") as applied:
         assert "first_token_last_layer" in applied
+        last = model.get_base_model().bert.encoder.layer[-1].attention.self
+        assert "forward" in vars(last)  # queries and scores for position 0 alone (first_token_self_attention)
         sliced_loss, sliced_grads = _lora_grads(model, batch, bf16=False)
         with torch.no_grad():
             assert model(**batch, output_hidden_states=True).hidden_states[-1].shape[1] == 1
+    assert "forward" not in vars(last)  # given back
     with engine.fast_path(model, device="cpu", bf16=False) as applied:
         assert "first_token_last_layer" not in applied
         full_loss, full_grads = _lora_grads(model, batch, bf16=False)

@@ -292,7 +292,7 @@ def lora_linear_fast(layer: Any, memo: dict[str, Any], x: Any, *args: Any, **kwa
     - under autocast, x is cast once and shared by the base layer and the adapter (autocast casts it for each),
       and by the next layer called on the same tensor (query, key and value read one hidden state);
     - dropout is x times a 0/1 mask m (dropout_mask), its 1 / (1 - p) folded into the scale;
-    - the scale and the sum are addmm's alpha and beta, two passes fewer.
+    - the scale and the sum are addmm's alpha and beta, two passes fewer, in place on a Linear's output.
     Anything else goes to peft's own forward. `memo` holds the last cast (the fast path's, cleared on exit)."""
     import torch
     from torch.nn import Dropout, Identity
@@ -322,8 +322,13 @@ def lora_linear_fast(layer: Any, memo: dict[str, Any], x: Any, *args: Any, **kwa
         x = x * dropout_mask(x.shape, p, dtype=x.dtype, device=x.device)
     down = torch.nn.functional.linear(x, layer.lora_A[name].weight)
     up = layer.lora_B[name].weight
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), up.t(),
-                      alpha=layer.scaling[name] / (1.0 - p))
+    alpha = layer.scaling[name] / (1.0 - p)
+    if type(layer.base_layer) is torch.nn.Linear and result.is_contiguous():
+        # in place: a Linear's backward does not read its output, and one copy of it fewer per layer
+        result.view(-1, result.shape[-1]).addmm_(down.reshape(-1, down.shape[-1]), up.t().to(result.dtype),
+                                                 alpha=alpha)
+        return result
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), up.t(), alpha=alpha)
     return out.view(result.shape)
 
 
@@ -502,7 +507,8 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
     So the last layer's attention output projection, its residual and norm, and its feed-forward block run on
     that position alone (a forward pre-hook slices their input to [:, :1]): the loss and every gradient are
     what they were, and a sixth of minilm-l6's linear-layer work is not done (two thirds of its last layer).
-    The other positions' attention keys and values are still computed: the first position attends to them.
+    Its self-attention computes queries, scores and probabilities for those positions alone
+    (first_token_self_attention); the other positions' keys and values are still computed: they are attended to.
     A packed batch (PackedClassification: position_ids and no attention mask, where classification_packable)
     gets its block-diagonal mask from a pre-hook on the backbone (packed_mask), and the last layer goes on with
     each row's first token as a row of its own ([rows, 1, width]), which is what the pooler reads.
@@ -526,18 +532,68 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
         hidden, residual = args[:2]
         starts = state["starts"]
         if starts is not None:  # a packed batch: each row's first token, row after row
-            return (hidden[starts].unsqueeze(1), residual[starts].unsqueeze(1), *args[2:])
+            residual = residual[starts].unsqueeze(1)
+            if hidden.shape[:2] != residual.shape[:2]:  # (first_token_self_attention gave these rows already)
+                hidden = hidden[starts].unsqueeze(1)
+            return (hidden, residual, *args[2:])
         return (hidden[:, :1], residual[:, :1], *args[2:])
 
+    attention = backbone.encoder.layer[-1].attention.self
     handles = [backbone.encoder.layer[-1].attention.output.register_forward_pre_hook(first_token)]
     if packable:
         handles.append(backbone.register_forward_pre_hook(packed, with_kwargs=True))
+    if type(attention).__name__ == "BertSelfAttention":
+        attention.forward = functools.partial(first_token_self_attention, attention, state)
 
     def undo() -> None:
         for handle in handles:
             handle.remove()
+        attention.__dict__.pop("forward", None)
 
     return undo
+
+
+def first_token_self_attention(module: Any, state: dict[str, Any], hidden_states: Any, attention_mask: Any = None,
+                               past_key_values: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+    """BertSelfAttention's forward for the last layer of a first-token classifier (_first_token_last_layer):
+    keys and values for every position, but queries, scores and probabilities only for the positions the pooler
+    reads. Unpacked: position 0 of each row, out [batch, 1, width]. Packed (state["starts"], [bins, T]): each
+    row's first token, out [rows, 1, width] row after row, as hidden[starts]; the queries of a bin are gathered
+    into [bins, most rows in a bin], the short bins repeating their first row, whose results are dropped."""
+    import torch
+
+    if past_key_values is not None or kwargs.get("output_attentions"):
+        return type(module).forward(module, hidden_states, attention_mask, past_key_values, **kwargs)
+    batch, length, _ = hidden_states.shape
+    heads, size = module.num_attention_heads, module.attention_head_size
+    starts = state.get("starts")
+    if starts is None:
+        picked, at, valid = hidden_states[:, :1], None, None
+    else:
+        counts = starts.sum(dim=1)
+        at = torch.zeros((batch, int(counts.max())), dtype=torch.long, device=starts.device)
+        valid = torch.arange(at.shape[1], device=starts.device)[None] < counts[:, None]
+        at[valid] = starts.nonzero()[:, 1]  # row-major: bin after bin, positions in order
+        picked = hidden_states.gather(1, at[:, :, None].expand(-1, -1, hidden_states.shape[-1]))
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
+        if at is None:
+            attention_mask = attention_mask[:, :, :1]
+        else:
+            attention_mask = attention_mask.gather(
+                2, at[:, None, :, None].expand(-1, attention_mask.shape[1], -1, attention_mask.shape[-1]))
+    query = module.query(picked).view(batch, picked.shape[1], heads, size).transpose(1, 2)
+    key = module.key(hidden_states).view(batch, length, heads, size).transpose(1, 2)
+    value = module.value(hidden_states).view(batch, length, heads, size).transpose(1, 2)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import eager_attention_forward
+
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
+    out, weights = interface(module, query, key, value, attention_mask,
+                             dropout=module.dropout.p if module.training else 0.0, scaling=module.scaling, **kwargs)
+    out = out.reshape(batch, picked.shape[1], heads * size)
+    if valid is not None:
+        out = out[valid].unsqueeze(1)
+    return out, weights
 
 
 @contextlib.contextmanager
