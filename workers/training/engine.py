@@ -314,22 +314,23 @@ def lora_linear_fast(layer: Any, memo: dict[str, Any], x: Any, *args: Any, **kwa
             x = cast
     elif x.dtype != layer.lora_A[name].weight.dtype:
         return type(layer).forward(layer, x, *args, **kwargs)
-    result = layer.base_layer(x)
+    shape = x.shape[:-1]
+    x = x.reshape(-1, x.shape[-1])  # 2-D, so that the adapter's addmm_ below is in place on the output itself
+    result = layer.base_layer(x)  # (on a view of it, autograd would copy the whole output back in backward)
     p = dropout.p if layer.training and isinstance(dropout, Dropout) else 0.0
     if p >= 1.0:
-        return result
+        return result.view(*shape, -1)
     if p > 0.0:
         x = x * dropout_mask(x.shape, p, dtype=x.dtype, device=x.device)
     down = torch.nn.functional.linear(x, layer.lora_A[name].weight)
     up = layer.lora_B[name].weight
     alpha = layer.scaling[name] / (1.0 - p)
-    if type(layer.base_layer) is torch.nn.Linear and result.is_contiguous():
+    if type(layer.base_layer) is torch.nn.Linear:
         # in place: a Linear's backward does not read its output, and one copy of it fewer per layer
-        result.view(-1, result.shape[-1]).addmm_(down.reshape(-1, down.shape[-1]), up.t().to(result.dtype),
-                                                 alpha=alpha)
-        return result
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), up.t(), alpha=alpha)
-    return out.view(result.shape)
+        out = result.addmm_(down, up.t().to(result.dtype), alpha=alpha)
+    else:
+        out = torch.addmm(result, down, up.t(), alpha=alpha)
+    return out.view(*shape, -1)
 
 
 def _lora_fused_on(model: Any) -> Callable[[], None]:
@@ -514,6 +515,8 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
     each row's first token as a row of its own ([rows, 1, width]), which is what the pooler reads.
     None where the model is not one of FIRST_TOKEN_CLASSIFIERS wrapped by peft (whose methods act on each position
     on its own)."""
+    import torch
+
     backbone = _first_token_classifier(model, task)
     if backbone is None:
         return None
@@ -525,7 +528,11 @@ def _first_token_last_layer(model: Any, task: str) -> Callable[[], None] | None:
         state["starts"] = None
         if positions is None or kwargs.get("attention_mask") is not None or positions.dim() != 2:
             return None
-        kwargs["attention_mask"], state["starts"], kwargs["position_ids"] = packed_mask(positions)
+        mask, state["starts"], kwargs["position_ids"] = packed_mask(positions)
+        # additive (0 or the float minimum), made once for every layer: the scores' mask is then an add, whose
+        # backward is nothing, where a boolean mask is a masked_fill whose backward clones and fills again
+        kwargs["attention_mask"] = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(torch.float32).min)
         return args, kwargs
 
     def first_token(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
