@@ -342,6 +342,48 @@ def test_time_budget_stops_training_and_keeps_the_adapter(tmp_path: Path, monkey
     assert trainer.state.global_step == 2  # 6 s after the first step, 12 s after the second
 
 
+@pytest.mark.parametrize("fit", [True, False], ids=["fitted", "planned"])
+def test_time_budget_fits_the_learning_rate_schedule_to_the_budget(tmp_path: Path, monkeypatch: Any,
+                                                                   fit: bool) -> None:
+    """18 planned steps, 6 s a step, a 60 s budget: the run stops after step 10. Fitted, the learning rate has
+    fallen linearly to 0 by then; planned, it is still more than a third of its peak."""
+    now = iter(range(0, 10_000, 6))
+    monkeypatch.setattr(engine, "clock", lambda: next(now))
+    model, tokenizer = lora_tiny_bert()
+    rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
+    hp = Hyperparameters(batch_size=8, epochs=3, max_train_seconds=60, schedule_fits_budget=fit,
+                         learning_rate=1e-3)
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer, hp=hp, train_rows=rows,
+                                 eval_rows=[], out=tmp_path, device="cpu")
+    assert (trainer.state.max_steps, trainer.state.global_step) == (18, 10)
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert len(rates) == 10 and all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    scheduler = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)
+    if fit:  # re-planned after step 1 (6 s, 10% of the budget) to reach 0 at step 1 + 54 s / 6 s = 10
+        # rates[s - 1] is step s's rate, the schedule's at s - 1: from step 2 on a straight line to 0 at 10
+        for s in range(2, 11):
+            assert rates[s - 1] == pytest.approx(rates[1] * (10 - (s - 1)) / 9, rel=1e-6)
+        assert scheduler.lr_lambdas[0](10) == 0.0
+    else:
+        assert rates[-1] > 1e-3 / 3 and scheduler.lr_lambdas[0](10) > 0.4
+
+
+def test_schedule_end_at_keeps_the_past_and_a_warmup_under_the_new_line() -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    from workers.training.callbacks import schedule_end_at
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=10, num_training_steps=100)
+    before = scheduler.lr_lambdas[0]
+    assert schedule_end_at(scheduler, 5, 25)
+    after = scheduler.lr_lambdas[0]
+    assert [after(s) for s in range(6)] == [before(s) for s in range(6)]  # steps taken keep their rates
+    assert after(8) == pytest.approx(min(before(8), 0.5 * 17 / 20))  # the warmup, under a line from 0.5 at 5
+    assert after(15) == pytest.approx(0.5 * 10 / 20) and after(25) == 0.0 and after(60) == 0.0
+    assert not schedule_end_at(torch.optim.lr_scheduler.StepLR(optimizer, 10), 5, 25)  # not a LambdaLR
+
+
 def test_threads_follow_idle_cores(settings: Any) -> None:
     cpus = os.sched_getaffinity(0)
     before = engine.cpu_sample(cpus)

@@ -136,6 +136,24 @@ def schedule_restart(lr_scheduler: Any, start: int, total: int) -> bool:
     return True
 
 
+def schedule_end_at(lr_scheduler: Any, start: int, end: int) -> bool:
+    """From step `start` on, the learning rate falls linearly from where it is to 0 at step `end` (never above
+    the schedule it had: a warmup still under way goes on under the new line). False (nothing changed) for a
+    scheduler that is not a LambdaLR."""
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper, if any
+    if not hasattr(scheduler, "lr_lambdas"):
+        return False
+    end = max(end, start + 1)
+
+    def ended(step: int, before: Any, at_start: float) -> float:
+        if step < start:
+            return float(before(step))
+        return min(float(before(step)), at_start * max(0.0, (end - step) / (end - start)))
+
+    scheduler.lr_lambdas = [functools.partial(ended, before=f, at_start=float(f(start))) for f in scheduler.lr_lambdas]
+    return True
+
+
 class MethodStepCallback(TrainerCallback):
     """A method's own per-step work (AdaLoRA's rank allocation, LT-SFT's selection), after the optimizer step and
     before the gradients are zeroed; global_step counts the step only afterwards, hence the + 1.

@@ -451,13 +451,18 @@ class PackedClassification:
     def __init__(self, pad_token_id: int = 0):
         self.pad_token_id = pad_token_id
 
-    @staticmethod
-    def bins_for(lengths: Sequence[int]) -> int:
-        """About two of the longest row per bin (at least 64 tokens), at most one bin per row, and an even number
-        of them from two on: the split gives each process half the bins, and the bins are of about one size."""
+    LONGEST_PER_BIN = 2.0
+    MIN_BIN = 64
+
+    @classmethod
+    def bins_for(cls, lengths: Sequence[int]) -> int:
+        """About LONGEST_PER_BIN of the longest row per bin (at least MIN_BIN tokens), at most one bin per row,
+        and an even number of them from two on: the split gives each process half the bins, and the bins are of
+        about one size."""
         if not lengths:
             return 1
-        count = max(1, min(len(lengths), round(sum(lengths) / max(2 * max(lengths), 64))))
+        size = max(cls.LONGEST_PER_BIN * max(lengths), cls.MIN_BIN)
+        count = max(1, min(len(lengths), round(sum(lengths) / size)))
         return count - count % 2 if count >= 2 else count
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -904,7 +909,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
              f"2 processes of {halves} thread(s)" if halves else f"{threads} thread(s)",
              "packed" if packed or packed_rows else "length-grouped")
     if hp.max_train_seconds:
-        callbacks = [*callbacks, _time_budget(hp.max_train_seconds)]
+        callbacks = [*callbacks, _time_budget(hp.max_train_seconds, fit_schedule=hp.schedule_fits_budget)]
     if device == "cpu" and not settings.TRAIN_THREADS and threads_nominal() > 1 and not halves:
         callbacks = [*callbacks, _thread_tuner(threads_nominal())]
     while True:
@@ -959,18 +964,42 @@ def _train_collator(trainer_class: Any, collator: Any) -> Any:
     return TrainCollatorTrainer
 
 
-def _time_budget(seconds: float) -> Any:
-    """A callback that ends training once `seconds` of training have passed (hp.max_train_seconds)."""
+BUDGET_CHECKS = (0.1, 0.3, 0.6)  # fractions of max_train_seconds at which the schedule is fitted to it
+
+
+def _time_budget(seconds: float, *, fit_schedule: bool = False) -> Any:
+    """A callback that ends training once `seconds` of training have passed (hp.max_train_seconds). With
+    `fit_schedule` (hp.schedule_fits_budget), at each of BUDGET_CHECKS it projects from the step time so far
+    where the budget will end, and when that is before the schedule's end, the learning rate from here on
+    falls linearly to 0 at that step (callbacks.schedule_end_at)."""
     from transformers import TrainerCallback
+
+    from workers.training.callbacks import schedule_end_at
 
     class TimeBudget(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.started = clock()
+            self.first_step = state.global_step
+            self.end = state.max_steps
+            self.checks = list(BUDGET_CHECKS) if fit_schedule else []
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if clock() - self.started >= seconds:
+        def on_step_end(self, args: Any, state: Any, control: Any, lr_scheduler: Any = None,
+                        **kwargs: Any) -> None:
+            elapsed = clock() - self.started
+            if elapsed >= seconds:
                 log.info("stopping at step %s: the time budget of %s s is spent", state.global_step, seconds)
                 control.should_training_stop = True
+                return
+            if not self.checks or elapsed < self.checks[0] * seconds or lr_scheduler is None:
+                return
+            while self.checks and elapsed >= self.checks[0] * seconds:
+                self.checks.pop(0)
+            steps = state.global_step - self.first_step
+            end = state.global_step + int((seconds - elapsed) / (elapsed / steps))
+            if end < self.end and schedule_end_at(lr_scheduler, state.global_step, end):
+                log.info("step %s: %.1f s a step, so the budget ends near step %s of %s: the learning rate now "
+                         "falls to 0 there", state.global_step, elapsed / steps, end, state.max_steps)
+                self.end = end
 
     return TimeBudget()
 

@@ -13,8 +13,12 @@ class Hyperparameters(BaseModel):
     weight_decay: float = Field(0.0, ge=0, le=1.0)
     max_train_seconds: int | None = Field(
         None, ge=10, le=7 * 24 * 3600, description="Stop training after this many seconds of training and keep the "
-        "adapter as it is then (evaluated and published like a finished run); the learning-rate schedule is still "
-        "planned for all the epochs, so size the data or epochs to finish near the budget.")
+        "adapter as it is then (evaluated and published like a finished run).")
+    schedule_fits_budget: bool = Field(
+        True, description="With max_train_seconds: when the measured step time says the planned steps will not "
+        "fit in the budget, the learning rate's decay is re-planned to reach 0 when the budget ends (checked at "
+        "10%, 30% and 60% of it), so that training ends on a decayed learning rate instead of being cut at a "
+        "high one. False keeps the schedule planned for all the epochs.")
     processes: int = Field(1, ge=1, le=8, description="Training processes on one worker (DDP through accelerate): "
                            "one per GPU on a CUDA worker, CPU processes otherwise. batch_size is the total over "
                            "all of them.")
