@@ -451,8 +451,11 @@ class PackedClassification:
     def __init__(self, pad_token_id: int = 0):
         self.pad_token_id = pad_token_id
 
-    LONGEST_PER_BIN = 2.0
-    MIN_BIN = 64
+    # A bin holds about LONGEST_PER_BIN of the batch's longest row, and at least MIN_BIN tokens. On SST-2 batches
+    # of 32, two longest rows a bin left 1.9% padding but 4.6 times the attention work the rows need (each bin
+    # attends all-to-all, then masks); one left 4.2% and 2.3 times, and trained 3-7% faster (README).
+    LONGEST_PER_BIN = 1.0
+    MIN_BIN = 32
 
     @classmethod
     def bins_for(cls, lengths: Sequence[int]) -> int:
