@@ -101,10 +101,12 @@ def service_child(args: argparse.Namespace) -> dict[str, Any]:
     linear = sum(m.weight.numel() for n, m in fit.trainer.model.named_modules()
                  if isinstance(m, torch.nn.Linear) and "lora_" not in n)
     done = fit.trainer.state.global_step / fit.trainer.state.max_steps  # below 1 when the time budget stopped it
+    rates = [e["learning_rate"] for e in fit.trainer.state.log_history if "learning_rate" in e]
     return {"train_s": round(fit.train_seconds, 2),
             "samples_per_s": round(fit.rows * hp.epochs * done / fit.train_seconds, 2),
             "real_tokens_per_s": round(fit.real_tokens * hp.epochs * done / fit.train_seconds, 1),
             "steps": fit.trainer.state.global_step, "planned_steps": fit.trainer.state.max_steps,
+            "last_step_learning_rate": rates[-1] if rates else None,  # near 0 when the schedule ended in time
             **({"dev_accuracy": round(fit.eval_metrics["eval_accuracy"], 4)} if args.task == "classification" else {}),
             "dev_loss": round(fit.eval_metrics["eval_loss"], 4), "rows": fit.rows, "epochs": hp.epochs,
             "real_tokens": fit.real_tokens, "padding_fraction_last_epoch": round(1 - fit.real_tokens / padded, 3),
