@@ -43,8 +43,8 @@ def heads_average(heads: list[dict[str, torch.Tensor]], weights: list[float]) ->
         if set(head) != names or any(head[k].shape != heads[0][k].shape for k in names):
             raise MergeInputError(f"source {i}'s head tensors {sorted(head)} differ from source 0's {sorted(names)}")
     total = sum(weights)
-    return {k: sum(w * h[k].float() for w, h in zip(weights, heads, strict=True)).to(heads[0][k].dtype) / total
-            for k in sorted(names)}
+    return {k: torch.stack([w * h[k].float() for w, h in zip(weights, heads, strict=True)]).sum(0).to(
+        heads[0][k].dtype) / total for k in sorted(names)}
 
 
 def lora_merge(*, folders: list[Path], weights: list[float], combination_type: str, density: float | None,
@@ -75,8 +75,9 @@ def lora_merge(*, folders: list[Path], weights: list[float], combination_type: s
             model.add_adapter(name, config)
         loaded = set_peft_model_state_dict(model, {k: v for k, v in tensors.items() if ".lora_" in k},
                                            adapter_name=name)
-        if loaded.unexpected_keys:
-            raise MergeInputError(f"source {i} has LoRA tensors the base model does not: {loaded.unexpected_keys[:5]}")
+        unexpected: list[str] = list(getattr(loaded, "unexpected_keys", []))  # peft's result is untyped
+        if unexpected:
+            raise MergeInputError(f"source {i} has LoRA tensors the base model does not: {unexpected[:5]}")
         names.append(name)
     assert model is not None and original is not None
     try:
