@@ -353,9 +353,12 @@ def test_time_budget_fits_the_learning_rate_schedule_to_the_budget(tmp_path: Pat
     rows = encode_all(tokenizer, "classification", TRAIN, 32, {"0": 0, "1": 1})
     hp = Hyperparameters(batch_size=8, epochs=3, max_train_seconds=60, schedule_fits_budget=fit,
                          learning_rate=1e-3)
+    fits: list[tuple[int, int, float]] = []
     trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer, hp=hp, train_rows=rows,
-                                 eval_rows=[], out=tmp_path, device="cpu")
+                                 eval_rows=[], out=tmp_path, device="cpu",
+                                 on_schedule_fit=lambda *fit: fits.append(fit))
     assert (trainer.state.max_steps, trainer.state.global_step) == (18, 10)
+    assert fits == ([(1, 10, 6.0)] if fit else [])  # the later checks project the same end: no new fit
     rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     assert len(rates) == 10 and all(a >= b for a, b in zip(rates, rates[1:], strict=False))
     scheduler = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)

@@ -880,7 +880,7 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
                 eval_rows: list[dict[str, Any]], out: Path, device: str, callbacks: Sequence[Any] = (),
                 resume: str | None = None, on_oom: Callable[[OomRetry], None] | None = None,
                 training_step: Callable[..., Any] | None = None, bf16_measured: bool | None = None,
-                splittable: bool = False) -> Any:
+                splittable: bool = False, on_schedule_fit: Callable[[int, int, float], None] | None = None) -> Any:
     """Train `model` on the rows and return the Trainer (its state holds the logs). `bf16_measured`: what
     bf16_worthwhile found, decided once for all processes of a DDP job (None: measure here). `splittable`: the
     method is data-parallel (Method.data_parallel), so every batch may be split between this process and a fork
@@ -892,7 +892,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
     On an out-of-memory error the micro-batch halves and gradient accumulation doubles (the effective
     batch stays hp.batch_size) down to OOM_MICRO_BATCH_FLOOR; the trainable weights go back to where
     this attempt started, and training starts again from `resume` (the last checkpoint, or step 0).
-    `on_oom` hears of every retry.
+    `on_oom` hears of every retry; `on_schedule_fit(step, end, seconds_per_step)` of every time the learning
+    rate's decay is fitted to hp.max_train_seconds (hp.schedule_fits_budget).
     """
     import torch
     from transformers import PrinterCallback, Trainer
@@ -916,7 +917,8 @@ def trainer_fit(model: Any, *, task: str, tokenizer: Any, hp: Hyperparameters, t
              f"2 processes of {halves} thread(s)" if halves else f"{threads} thread(s)",
              "packed" if packed or packed_rows else "length-grouped")
     if hp.max_train_seconds:
-        callbacks = [*callbacks, _time_budget(hp.max_train_seconds, fit_schedule=hp.schedule_fits_budget)]
+        callbacks = [*callbacks, _time_budget(hp.max_train_seconds, fit_schedule=hp.schedule_fits_budget,
+                                              on_fit=on_schedule_fit)]
     if device == "cpu" and not settings.TRAIN_THREADS and threads_nominal() > 1 and not halves:
         callbacks = [*callbacks, _thread_tuner(threads_nominal())]
     while True:
@@ -974,11 +976,13 @@ def _train_collator(trainer_class: Any, collator: Any) -> Any:
 BUDGET_CHECKS = (0.1, 0.3, 0.6)  # fractions of max_train_seconds at which the schedule is fitted to it
 
 
-def _time_budget(seconds: float, *, fit_schedule: bool = False) -> Any:
+def _time_budget(seconds: float, *, fit_schedule: bool = False,
+                 on_fit: Callable[[int, int, float], None] | None = None) -> Any:
     """A callback that ends training once `seconds` of training have passed (hp.max_train_seconds). With
     `fit_schedule` (hp.schedule_fits_budget), at each of BUDGET_CHECKS it projects from the step time so far
     where the budget will end, and when that is before the schedule's end, the learning rate from here on
-    falls linearly to 0 at that step (callbacks.schedule_end_at)."""
+    falls linearly to 0 at that step (callbacks.schedule_end_at), and `on_fit(step, end, seconds per step)`
+    hears of it."""
     from transformers import TrainerCallback
 
     from workers.training.callbacks import schedule_end_at
@@ -1001,12 +1005,14 @@ def _time_budget(seconds: float, *, fit_schedule: bool = False) -> Any:
                 return
             while self.checks and elapsed >= self.checks[0] * seconds:
                 self.checks.pop(0)
-            steps = state.global_step - self.first_step
-            end = state.global_step + int((seconds - elapsed) / (elapsed / steps))
+            per_step = elapsed / max(1, state.global_step - self.first_step)
+            end = state.global_step + int((seconds - elapsed) / per_step)
             if end < self.end and schedule_end_at(lr_scheduler, state.global_step, end):
                 log.info("step %s: %.1f s a step, so the budget ends near step %s of %s: the learning rate now "
-                         "falls to 0 there", state.global_step, elapsed / steps, end, state.max_steps)
+                         "falls to 0 there", state.global_step, per_step, end, state.max_steps)
                 self.end = end
+                if on_fit:
+                    on_fit(state.global_step, end, per_step)
 
     return TimeBudget()
 

@@ -242,9 +242,17 @@ def _fit_here(job: Job, hp: Hyperparameters, entry: Any, method: Any, *, tokeniz
                     f"{retry.accumulation} (same effective batch {hp.batch_size})",
             data={"micro_batch": retry.micro_batch, "accumulation": retry.accumulation, "error": retry.error})
 
+    def schedule_record(step: int, end: int, per_step: float) -> None:
+        services.job_event_add(
+            job_id=job.id, type="schedule_fitted",
+            message=f"at {per_step:.2f} s a step the time budget of {hp.max_train_seconds} s ends near step {end}: "
+                    f"the learning rate now falls to 0 there",
+            data={"step": step, "end_step": end, "seconds_per_step": round(per_step, 4),
+                  "max_train_seconds": hp.max_train_seconds})
+
     trainer = engine.trainer_fit(
         model, task=job.task, tokenizer=tokenizer, hp=hp, train_rows=train_rows, eval_rows=eval_rows,
-        out=tmp / "trainer", device=device, resume=resume, on_oom=oom_record,
+        out=tmp / "trainer", device=device, resume=resume, on_oom=oom_record, on_schedule_fit=schedule_record,
         training_step=method.training_step,
         callbacks=[callback, *([MethodStepCallback(method.after_step)] if method.after_step else [])],
         splittable=method.data_parallel,
