@@ -122,27 +122,30 @@ class JobProgressCallback(TrainerCallback):
                                data={"step": state.global_step, "epoch": state.epoch})
 
 
-def schedule_restart(lr_scheduler: Any, start: int, total: int) -> bool:
-    """From step `start` on, the learning rate starts again at its peak and falls linearly to 0 at `total`: a
-    new phase trained as its own run. False (nothing changed) for a scheduler that is not a LambdaLR."""
+def _lambdas_replace(lr_scheduler: Any, make: Any) -> bool:
+    """Each of the scheduler's learning-rate lambdas f becomes make(f). False (nothing changed) for a scheduler
+    that is not a LambdaLR."""
     scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper, if any
     if not hasattr(scheduler, "lr_lambdas"):
         return False
+    scheduler.lr_lambdas = [make(f) for f in scheduler.lr_lambdas]
+    return True
+
+
+def schedule_restart(lr_scheduler: Any, start: int, total: int) -> bool:
+    """From step `start` on, the learning rate starts again at its peak and falls linearly to 0 at `total`: a
+    new phase trained as its own run. False (nothing changed) for a scheduler that is not a LambdaLR."""
 
     def restarted(step: int, before: Any) -> float:
         return before(step) if step < start else max(0.0, (total - step) / max(1, total - start))
 
-    scheduler.lr_lambdas = [functools.partial(restarted, before=f) for f in scheduler.lr_lambdas]
-    return True
+    return _lambdas_replace(lr_scheduler, lambda f: functools.partial(restarted, before=f))
 
 
 def schedule_end_at(lr_scheduler: Any, start: int, end: int) -> bool:
     """From step `start` on, the learning rate falls linearly from where it is to 0 at step `end` (never above
     the schedule it had: a warmup still under way goes on under the new line). False (nothing changed) for a
     scheduler that is not a LambdaLR."""
-    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper, if any
-    if not hasattr(scheduler, "lr_lambdas"):
-        return False
     end = max(end, start + 1)
 
     def ended(step: int, before: Any, at_start: float) -> float:
@@ -150,8 +153,7 @@ def schedule_end_at(lr_scheduler: Any, start: int, end: int) -> bool:
             return float(before(step))
         return min(float(before(step)), at_start * max(0.0, (end - step) / (end - start)))
 
-    scheduler.lr_lambdas = [functools.partial(ended, before=f, at_start=float(f(start))) for f in scheduler.lr_lambdas]
-    return True
+    return _lambdas_replace(lr_scheduler, lambda f: functools.partial(ended, before=f, at_start=float(f(start))))
 
 
 class MethodStepCallback(TrainerCallback):
