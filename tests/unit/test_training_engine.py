@@ -541,3 +541,30 @@ def test_trainer_fit_packs_classification_batches_in_a_random_order(tmp_path: Pa
                                  out=tmp_path, device="cpu")
     assert type(trainer._get_train_sampler()).__name__ == "ShuffledGroups"
     assert next(iter(trainer.get_train_dataloader()))["input_ids"].shape[0] == 8
+
+
+def test_lean_steps_log_the_trainer_s_flops_and_clip_and_zero_as_the_module_tree_does(tmp_path: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    model, tokenizer = lora_tiny_bert()
+    args = TrainingArguments(output_dir=str(tmp_path), max_grad_norm=0.5, report_to=[], use_cpu=True)
+    plain, lean = Trainer(model=model, args=args), engine._lean_steps(Trainer)(model=model, args=args)
+    inputs = {"input_ids": torch.ones((4, 9), dtype=torch.long)}
+    assert lean.floating_point_ops(inputs) == plain.floating_point_ops(inputs) > 0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    grads = [torch.randn_like(p) * 3 for p in trainable]
+    clipped = {}
+    for name, trainer in (("plain", plain), ("lean", lean)):
+        for param, grad in zip(trainable, grads, strict=True):
+            param.grad = grad.clone()
+        norm = trainer._clip_grad_norm(model)
+        clipped[name] = (float(norm), [p.grad.clone() for p in trainable])
+    assert clipped["lean"][0] == pytest.approx(clipped["plain"][0]) and clipped["plain"][0] > 0.5
+    assert all(torch.equal(a, b) for a, b in zip(clipped["lean"][1], clipped["plain"][1], strict=True))
+    assert torch.cat([g.flatten() for g in clipped["lean"][1]]).norm() == pytest.approx(0.5, rel=1e-4)
+    undo = engine._zero_grad_lean(model)
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    undo()
+    assert "zero_grad" not in model.__dict__

@@ -200,7 +200,8 @@ def _fork_main(trainer: Any, model: Any, params: list[Any], grads: list[Any], co
                 break  # the parent closed the pipe: training is over, or the parent is gone
             _, batch = frame
             try:
-                model.train()
+                if not model.training:  # (a walk of the module tree at every step otherwise)
+                    model.train()
                 with trainer.compute_loss_context_manager():
                     loss = trainer.compute_loss(model, batch, num_items_in_batch=None)  # its half's mean
                 loss.backward()
@@ -318,7 +319,8 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
             halves = batch_split(inputs) if not self.fork_failed else None
             if halves is None:
                 return super().training_step(model, inputs, num_items_in_batch)
-            model.train()
+            if not model.training:  # evaluation's model.eval() sets it False; a walk of the tree at every step
+                model.train()
             first, second = (self._prepare_inputs(h) for h in halves)
             # Each half's loss is its mean (num_items_in_batch None); weighted by items they make the batch's mean.
             # The Trainer then expects either that mean over the accumulation steps, or (when it counted the
