@@ -167,6 +167,11 @@ def test_dropout_mask_is_exactly_zero_or_the_scale_with_probability_p(dtype: tor
     assert float(engine.dropout_mask((100_000,), 0.5, dtype=dtype, device="cpu").mean()) == pytest.approx(0.5, abs=0.01)
     torch.manual_seed(1)
     assert torch.equal(engine.dropout_mask((500, 800), 0.05, dtype=dtype, device="cpu", scale=2.0), mask)
+    torch.manual_seed(2)  # made in `dtype` directly: what the fp32 mask rounds to
+    direct = engine.dropout_mask((5000,), 0.1, dtype=dtype, device="cpu", scale=1 / 0.9)
+    torch.manual_seed(2)
+    assert torch.equal(direct, engine.dropout_mask((5000,), 0.1, dtype=torch.float32, device="cpu",
+                                                   scale=1 / 0.9).to(dtype))
 
 
 def _lora_grads(model: Any, batch: dict[str, Any], *, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
