@@ -40,6 +40,26 @@ def test_same_seed_gives_the_same_loss_curve(tmp_path: Path) -> None:
     first, second = losses(runs[0]), losses(runs[1])
     assert len(first) == 12
     assert first == pytest.approx(second, rel=1e-3, abs=1e-4)
+    trained = [{n: p.detach() for n, p in run.trainer.model.named_parameters() if p.requires_grad} for run in runs]
+    assert trained[0].keys() == trained[1].keys() and any("lora_A" in n for n in trained[0])
+    for name, value in trained[0].items():  # the adapter's initialisation is drawn from the seed too
+        torch.testing.assert_close(value, trained[1][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_the_seed_draws_the_head_and_adapter_initialisation() -> None:
+    entry = base_model_get("minilm-l6")
+    tokenizer, lora = tokenizer_load(entry), method_get("lora")
+    config = method_config_resolve("lora", {})
+
+    def built(seed: int) -> dict[str, torch.Tensor]:
+        model = engine.model_build(entry, lora, config, task="classification", tokenizer=tokenizer,
+                                   labels=["0", "1"], train_rows=[], hp=Hyperparameters(seed=seed))
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    first, again, other = built(3), built(3), built(4)
+    assert any("classifier" in n for n in first) and any("lora_A" in n for n in first)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first if "lora_A" in n or "classifier.weight" in n)
 
 
 def test_packed_sft_batch_has_the_loss_of_the_padded_batch() -> None:

@@ -808,7 +808,11 @@ def _length_grouped_shuffled(trainer_class: Any) -> Any:
 
 def model_build(entry: BaseModelEntry, method: Any, method_config: dict[str, Any], *, task: str, tokenizer: Any,
                 labels: list[str], train_rows: list[dict[str, Any]], hp: Hyperparameters) -> Any:
-    """The base with its head, calibrated if the method needs it (EVA, CorDA, LoRA-GA), then wrapped."""
+    """The base with its head, calibrated if the method needs it (EVA, CorDA, LoRA-GA), then wrapped; the new
+    weights (the head, the adapter's) are drawn from hp.seed, so that a seed gives one initialisation."""
+    from transformers import set_seed
+
+    set_seed(hp.seed)  # (the Trainer seeds too, but only once the model is built)
     base = model_load(entry, task=task, vocab_size=len(tokenizer), labels=labels or None)
     if method.prepare:
         collator, size = collator_build(task, tokenizer, packed=False), hp.batch_size
