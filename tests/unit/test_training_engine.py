@@ -126,6 +126,13 @@ def test_estimate_counts_tokens_steps_memory_and_time() -> None:
     assert result["tokens"] == pytest.approx(2000 * 13.24, rel=0.01)
     assert result["seconds"] > 0 and result["peak_memory_bytes"] > 0
     assert list((Path(estimate.settings.VAR_DIR) / "cache" / "calibration").glob("tiny-bert-cpu-*.json"))
+    long = {"epochs": 50, "batch_size": 8}  # training stops at max_train_seconds: the estimate does too
+    uncapped = estimate.job_estimate(stats=stats, base_model="tiny-bert", task="classification", method="lora",
+                                     hyperparameters=long, device="cpu")
+    capped = estimate.job_estimate(stats=stats, base_model="tiny-bert", task="classification", method="lora",
+                                   hyperparameters={**long, "max_train_seconds": 10}, device="cpu")
+    assert uncapped["seconds"] > 10 and "capped" not in uncapped["basis"]
+    assert capped["seconds"] == 10 and "capped" in capped["basis"] and capped["steps"] == uncapped["steps"]
 
 
 def lora_tiny_bert() -> Any:

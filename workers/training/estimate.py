@@ -175,6 +175,10 @@ def job_estimate(*, stats: dict[str, Any], base_model: str, task: str, method: s
     seconds = None
     if cal is not None:
         seconds = round(cal["per_token"] * tokens * PADDING_ALLOWANCE + cal["per_step"] * steps, 1)
+    # training stops at max_train_seconds (and publishes the adapter as it is), so a job takes no longer
+    capped = bool(seconds is not None and hp.max_train_seconds and seconds > hp.max_train_seconds)
+    if capped:
+        seconds = float(hp.max_train_seconds)  # type: ignore[arg-type]
     shape = model_shape(base_model, task)
     longest = min(lengths["max"], hp.max_seq_length)
     # classification: the worst batch is batch_size rows of the longest length; sft batches are packed,
@@ -189,4 +193,5 @@ def job_estimate(*, stats: dict[str, Any], base_model: str, task: str, method: s
     memory = int(shape["params"] * 4 + trainable * 4 * 3 + activations + logits)
     return {"tokens": tokens, "steps": steps, "mean_tokens_per_row": round(mean, 1), "peak_memory_bytes": memory,
             "seconds": seconds, "device": device, "method": method,
-            "basis": "calibrated per_token x tokens x 1.10 + per_step x steps" if cal else "no calibration yet"}
+            "basis": ("no calibration yet" if not cal else "calibrated per_token x tokens x 1.10 + per_step x steps"
+                      + (", capped at max_train_seconds (training stops there)" if capped else ""))}
