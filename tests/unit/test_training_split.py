@@ -80,6 +80,34 @@ def test_split_training_follows_the_one_process_loss_curve(tmp_path: Path, monke
     assert together == pytest.approx(alone, rel=3e-2, abs=3e-3)
 
 
+def test_both_processes_train_with_every_module_in_training_mode(tmp_path: Path, monkeypatch: Any) -> None:
+    """A loaded model's own modules start in eval mode (from_pretrained), the adapter's in training mode, so
+    model.training alone says True: the split must still turn the dropout of the base on, in both processes."""
+    monkeypatch.setattr(engine, "split_threads", lambda device, splittable: 1 if splittable else 0)
+    entry = base_model_get("tiny-bert")
+    tokenizer = tokenizer_load(entry)
+    model = model_load(entry, task="classification", vocab_size=len(tokenizer), labels=["0", "1"])
+    model.eval()
+    lora = method_get("lora")
+    model = lora.build(model, lora.config().model_dump(), task="classification")
+    assert model.training and not model.get_base_model().bert.embeddings.dropout.training
+    seen: list[str] = []
+
+    def training_only(module: Any, args: Any) -> None:
+        if not module.training:  # in the fork, this fails its half, and the parent gives the fork up
+            seen.append(type(module).__name__)
+            raise AssertionError(f"{type(module).__name__} in eval mode during training")
+
+    for module in model.modules():
+        module.register_forward_pre_hook(training_only)
+    rows = encode_all(tokenizer, "classification", TRAIN, 64, {"0": 0, "1": 1})
+    trainer = engine.trainer_fit(model, task="classification", tokenizer=tokenizer,
+                                 hp=Hyperparameters(batch_size=8, epochs=1, seed=1), train_rows=rows, eval_rows=[],
+                                 out=tmp_path / "out", device="cpu", splittable=True)
+    assert not seen and not trainer.fork_failed
+    assert trainer.state.global_step == trainer.state.max_steps == 6
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "stops-answering"])
 def test_a_fork_that_dies_leaves_the_job_training_alone(tmp_path: Path, monkeypatch: Any, caplog: Any,
                                                         how: signal.Signals) -> None:

@@ -194,6 +194,7 @@ def _fork_main(trainer: Any, model: Any, params: list[Any], grads: list[Any], co
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's warm-shutdown handler: just end
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
+        model.train()  # (the parent did before forking; this process's model is never evaluated)
         while True:
             frame = frame_receive(commands)
             if frame is None:
@@ -298,6 +299,7 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
     class SplitTrainer(base):  # type: ignore[misc, valid-type]
         fork_peer: ForkPeer | None = None
         fork_failed = False
+        train_mode_set = False
 
         def _peer(self, model: Any) -> ForkPeer | None:
             if self.fork_peer is None and not self.fork_failed:
@@ -319,8 +321,9 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
             halves = batch_split(inputs) if not self.fork_failed else None
             if halves is None:
                 return super().training_step(model, inputs, num_items_in_batch)
-            if not model.training:  # evaluation's model.eval() sets it False; a walk of the tree at every step
-                model.train()
+            if not model.training or not self.train_mode_set:  # (a walk of the tree at every step otherwise)
+                model.train()  # on the first step: a loaded model's own modules are in eval mode, its new ones not,
+                self.train_mode_set = True  # and model.training is then True; after it, evaluation's model.eval()
             first, second = (self._prepare_inputs(h) for h in halves)
             # Each half's loss is its mean (num_items_in_batch None); weighted by items they make the batch's mean.
             # The Trainer then expects either that mean over the accumulation steps, or (when it counted the
