@@ -310,7 +310,7 @@ def test_attention_with_fast_dropout_is_sdpa_without_dropout_and_masks_with_it()
     mask[1, :, :, 3:] = False  # the second row's last two keys are padding
     want, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0)
     got, _ = engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.0)
-    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(got, want, atol=1e-5)
     torch.manual_seed(3)
     dropped, _ = engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.3)
     torch.manual_seed(3)
@@ -318,6 +318,42 @@ def test_attention_with_fast_dropout_is_sdpa_without_dropout_and_masks_with_it()
     scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask, torch.finfo(torch.float32).min)
     expected = ((scores.softmax(-1) * keep) @ v).transpose(1, 2)
     assert torch.allclose(dropped, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["bool", "additive", "causal-no-mask"])
+def test_attention_without_dropout_while_training_gives_sdpa_s_output_and_gradients(pattern: str,
+                                                                                   monkeypatch: Any) -> None:
+    """Training without attention dropout on CPU (a decoder's usual config) computes attention itself, since
+    torch's CPU sdpa backward is several times slower at these shapes: the same output and gradients."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    torch.manual_seed(1)
+    module = torch.nn.Module()
+    module.is_causal = pattern == "causal-no-mask"  # type: ignore[assignment]
+    q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    mask = None
+    if pattern != "causal-no-mask":
+        mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+        mask[0, :, :, 4:] = False
+        if pattern == "additive":
+            mask = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    want, _ = sdpa_module.sdpa_attention_forward(module, q, k, v, mask, dropout=0.0)
+    want_grads = torch.autograd.grad(want.pow(2).sum(), (q, k, v))
+    calls: list[int] = []
+    original = sdpa_module.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_module, "sdpa_attention_forward", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    got, _ = engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.0)
+    assert not calls  # computed here, not by sdpa
+    got_grads = torch.autograd.grad(got.pow(2).sum(), (q, k, v))
+    assert torch.allclose(got, want, atol=1e-5)
+    for mine, theirs in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-4)
+    with torch.no_grad():  # evaluation: sdpa's own
+        engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.0)
+    assert calls == [1]
+    monkeypatch.setattr(engine, "MANUAL_ATTENTION_MAX_KEYS", 5)  # longer sequences: sdpa's
+    engine.attention_fast_dropout(module, q, k, v, mask, dropout=0.0)
+    assert calls == [1, 1]
 
 
 def test_length_groups_keep_their_rows_and_come_in_a_random_order() -> None:
