@@ -194,15 +194,13 @@ def _fork_main(trainer: Any, model: Any, params: list[Any], grads: list[Any], co
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the worker's warm-shutdown handler: just end
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
-        model.train()  # (the parent did before forking; this process's model is never evaluated)
+        model.train()  # once: the parent did before forking, and this process's model is never evaluated
         while True:
             frame = frame_receive(commands)
             if frame is None:
                 break  # the parent closed the pipe: training is over, or the parent is gone
             _, batch = frame
             try:
-                if not model.training:  # (a walk of the module tree at every step otherwise)
-                    model.train()
                 with trainer.compute_loss_context_manager():
                     loss = trainer.compute_loss(model, batch, num_items_in_batch=None)  # its half's mean
                 loss.backward()
@@ -321,9 +319,11 @@ def split_trainer_class(base: Any, *, seed: int, threads: int, threads_alone: in
             halves = batch_split(inputs) if not self.fork_failed else None
             if halves is None:
                 return super().training_step(model, inputs, num_items_in_batch)
-            if not model.training or not self.train_mode_set:  # (a walk of the tree at every step otherwise)
-                model.train()  # on the first step: a loaded model's own modules are in eval mode, its new ones not,
-                self.train_mode_set = True  # and model.training is then True; after it, evaluation's model.eval()
+            # model.train() walks the module tree, so not at every step: on the first (a loaded model's own modules
+            # are in eval mode and its adapter's not, so model.training alone says True) and after evaluation
+            if not model.training or not self.train_mode_set:
+                model.train()
+                self.train_mode_set = True
             first, second = (self._prepare_inputs(h) for h in halves)
             # Each half's loss is its mean (num_items_in_batch None); weighted by items they make the batch's mean.
             # The Trainer then expects either that mean over the accumulation steps, or (when it counted the
